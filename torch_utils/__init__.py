@@ -1,0 +1,1 @@
+"""PyTorch helpers: custom ops, distributed set-up, training statistics."""

@@ -1,0 +1,300 @@
+"""Upsample, pad, FIR-filter and downsample a batch of images in one op (upfirdn2d).
+
+The reference path is composed of plain PyTorch ops, so first and second derivatives come from autograd.
+`impl='cuda'` is accepted for forward compatibility and runs the same reference path until a CUDA kernel lands.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Scaling = int | Sequence[int]  # one factor for both axes, or (x, y)
+Padding = int | Sequence[int]  # p, (px, py) or (x_left, x_right, y_top, y_bottom); negative crops
+IMPLS = ("ref", "cuda")
+_CPU = torch.device("cpu")  # default device of setup_filter
+
+# ----------------------------------------------------------------------------
+# Argument parsers, shared with filtered_lrelu and conv2d_resample.
+
+
+def _parse_scaling(scaling: Scaling) -> tuple[int, int]:
+    """Return an up/down factor as (x, y)."""
+    if isinstance(scaling, int):
+        scaling = [scaling, scaling]
+    assert len(scaling) == 2, f"scaling must be an int or an (x, y) pair, got {scaling!r}"
+    sx, sy = (int(s) for s in scaling)
+    assert sx >= 1 and sy >= 1, f"scaling factors must be >= 1, got {scaling!r}"
+    return sx, sy
+
+
+def _parse_padding(padding: Padding) -> tuple[int, int, int, int]:
+    """Return padding as (x_left, x_right, y_top, y_bottom)."""
+    if isinstance(padding, int):
+        padding = [padding, padding]
+    assert len(padding) in (2, 4), f"padding must be an int, (x, y) or (x0, x1, y0, y1), got {padding!r}"
+    if len(padding) == 2:
+        px, py = padding
+        padding = [px, px, py, py]
+    px0, px1, py0, py1 = (int(p) for p in padding)
+    return px0, px1, py0, py1
+
+
+def _get_filter_size(f: torch.Tensor | None) -> tuple[int, int]:
+    """Return the (width, height) of a filter from setup_filter; a 1-D filter is taps x taps."""
+    if f is None:
+        return 1, 1
+    assert isinstance(f, torch.Tensor), f"filter must be a tensor or None, got {type(f).__name__}"
+    assert f.ndim in (1, 2), f"filter must be 1-D or 2-D, got shape {list(f.shape)}"
+    fw, fh = f.shape[-1], f.shape[0]
+    assert fw >= 1 and fh >= 1, f"filter must not be empty, got shape {list(f.shape)}"
+    return fw, fh
+
+
+# ----------------------------------------------------------------------------
+
+
+def setup_filter(
+    f,
+    device: torch.device = _CPU,
+    normalize: bool = True,
+    flip_filter: bool = False,
+    gain: float = 1,
+    separable: bool | None = None,
+) -> torch.Tensor:
+    """Turn a list, array or tensor of taps into a float32 filter tensor ready for upfirdn2d.
+
+    Args:
+        f:           Filter taps (any array-like, 0-D, 1-D or 2-D), or None for the identity filter [1].
+        device:      Device of the returned tensor.
+        normalize:   Divide the filter by its sum, so that it preserves a constant signal.
+        flip_filter: Flip the filter along all its axes.
+        gain:        Overall gain of the filter; each of the f.ndim axes gets gain**(1/f.ndim) of it,
+                     so a separable filter applied twice (once per axis) has total gain `gain`.
+        separable:   Return a 1-D filter meant to be applied along each axis in turn. None means: only when
+                     f is 1-D with at least 8 taps, where two 1-D passes beat one 2-D pass.
+
+    Returns:
+        float32 tensor, [taps] when separable, else [fh, fw].
+    """
+    if f is None:
+        f = [1]
+    f = torch.as_tensor(f, dtype=torch.float32)
+    assert f.ndim in (0, 1, 2), f"filter must be 0-D, 1-D or 2-D, got shape {list(f.shape)}"
+    assert f.numel() > 0, "filter must have at least one tap"
+    if f.ndim == 0:
+        f = f[None]
+
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = f[None, :] * f[:, None]  # [taps, taps], the outer product of the 1-D filter with itself
+    assert f.ndim == (1 if separable else 2), f"separable={separable} needs a 1-D filter, got shape {list(f.shape)}"
+
+    if normalize:
+        f = f / f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (gain ** (f.ndim / 2))
+    return f.to(device=device)
+
+
+# ----------------------------------------------------------------------------
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: Scaling = 1,
+    down: Scaling = 1,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = "cuda",
+) -> torch.Tensor:
+    """Upsample by zero insertion, pad, FIR-filter and downsample a batch of images.
+
+    Output pixels are computed as follows:
+        1. Upsample: insert up-1 zeros after every input sample along each axis ([H, W] -> [H*upy, W*upx]).
+        2. Pad with zeros by `padding` on each side; a negative amount crops instead.
+        3. Convolve with `f` in 'valid' mode, each channel separately, and multiply by `gain`. This is a true
+           convolution (the filter is flipped), or a correlation when flip_filter=True.
+        4. Downsample: keep every down-th sample along each axis, starting at index 0.
+
+    Args:
+        x:           Images of shape [N, C, H, W], floating point.
+        f:           Filter from setup_filter: 2-D [fh, fw], 1-D [taps] (applied along width, then height),
+                     or None for the identity filter.
+        up:          Upsampling factor, int or (x, y).
+        down:        Downsampling factor, int or (x, y).
+        padding:     Padding after upsampling: int, (x, y) or (x_left, x_right, y_top, y_bottom).
+        flip_filter: Correlate with `f` instead of convolving.
+        gain:        Overall scale applied to the output.
+        impl:        'ref' or 'cuda' (runs the reference path until a CUDA kernel lands).
+
+    Returns:
+        Tensor [N, C, (H*upy + py0 + py1 - fh) // downy + 1, (W*upx + px0 + px1 - fw) // downx + 1], x's dtype.
+    """
+    assert impl in IMPLS, f"impl must be one of {IMPLS}, got {impl!r}"
+    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+
+
+def _upfirdn2d_ref(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: Scaling,
+    down: Scaling,
+    padding: Padding,
+    flip_filter: bool,
+    gain: float,
+) -> torch.Tensor:
+    """Pure-PyTorch upfirdn2d; see upfirdn2d for the arguments."""
+    assert isinstance(x, torch.Tensor) and x.ndim == 4, f"x must be a 4-D [N, C, H, W] tensor, got {_shape(x)}"
+    assert x.dtype.is_floating_point, f"x must be floating point, got {x.dtype}"
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    _, channels, in_h, in_w = x.shape
+    padded_w, padded_h = in_w * upx + px0 + px1, in_h * upy + py0 + py1
+    assert padded_w >= fw and padded_h >= fh, (
+        f"output would be empty: upsampled and padded input is {padded_h}x{padded_w} (HxW), "
+        f"smaller than the {fh}x{fw} filter"
+    )
+
+    # Zero insertion: every up-th sample is an input sample, the rest (trailing ones included) are zero.
+    if upx > 1 or upy > 1:
+        upsampled = x.new_zeros([x.shape[0], channels, in_h * upy, in_w * upx])  # [N, C, H*upy, W*upx]
+        upsampled[:, :, ::upy, ::upx] = x
+        x = upsampled
+
+    # F.pad crops where an amount is negative.
+    x = F.pad(x, [px0, px1, py0, py1])  # [N, C, padded_h, padded_w]
+
+    if f is not None:
+        x = _depthwise_filter(x, f.to(device=x.device, dtype=x.dtype), flip_filter=flip_filter, gain=gain)
+    elif gain != 1:
+        x = x * gain
+
+    return x[:, :, ::downy, ::downx]
+
+
+def _depthwise_filter(x: torch.Tensor, f: torch.Tensor, flip_filter: bool, gain: float) -> torch.Tensor:
+    """Filter each channel of x with f in 'valid' mode; a 1-D f runs along width, then height."""
+    channels = x.shape[1]
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))  # F.conv2d correlates; flipping the taps makes it a true convolution
+    if f.ndim == 2:
+        weight = (f * gain)[None, None].expand(channels, 1, *f.shape)  # [C, 1, fh, fw]
+        return F.conv2d(x, weight, groups=channels)
+
+    # Separable: the width pass carries the whole gain (rather than gain**0.5 per pass) so a negative gain works.
+    taps = f.shape[0]
+    x = F.conv2d(x, (f * gain).reshape(1, 1, 1, taps).expand(channels, 1, 1, taps), groups=channels)
+    return F.conv2d(x, f.reshape(1, 1, taps, 1).expand(channels, 1, taps, 1), groups=channels)
+
+
+def _shape(x) -> str:
+    """Describe x's shape (or type) for an assertion message."""
+    return str(list(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+# ----------------------------------------------------------------------------
+# Helpers whose padding keeps the filter centered.
+
+
+def filter2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = "cuda",
+) -> torch.Tensor:
+    """Filter a batch of images with f, keeping their size (plus any extra padding).
+
+    Args:
+        x:           Images [N, C, H, W].
+        f:           Filter from setup_filter, or None.
+        padding:     Extra padding on top of what keeps the size: int, (x, y) or (x0, x1, y0, y1).
+        flip_filter: Correlate instead of convolving.
+        gain:        Overall scale applied to the output.
+        impl:        'ref' or 'cuda'.
+
+    Returns:
+        Tensor [N, C, H + py0 + py1, W + px0 + px1].
+    """
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    padding = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=padding, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: Scaling = 2,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = "cuda",
+) -> torch.Tensor:
+    """Upsample a batch of images by zero insertion and an interpolation filter f.
+
+    Args:
+        x:           Images [N, C, H, W].
+        f:           Interpolation filter from setup_filter, or None.
+        up:          Upsampling factor, int or (x, y).
+        padding:     Extra padding on top of what keeps the result aligned: int, (x, y) or (x0, x1, y0, y1).
+        flip_filter: Correlate instead of convolving.
+        gain:        Overall scale; the filter is further scaled by upx*upy to make up for the inserted zeros.
+        impl:        'ref' or 'cuda'.
+
+    Returns:
+        Tensor [N, C, H*upy + py0 + py1, W*upx + px0 + px1].
+    """
+    upx, upy = _parse_scaling(up)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    padding = [
+        px0 + (fw + upx - 1) // 2,
+        px1 + (fw - upx) // 2,
+        py0 + (fh + upy - 1) // 2,
+        py1 + (fh - upy) // 2,
+    ]
+    return upfirdn2d(x, f, up=up, padding=padding, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def downsample2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    down: Scaling = 2,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = "cuda",
+) -> torch.Tensor:
+    """Downsample a batch of images with an anti-aliasing filter f followed by decimation.
+
+    Args:
+        x:           Images [N, C, H, W].
+        f:           Anti-aliasing filter from setup_filter, or None.
+        down:        Downsampling factor, int or (x, y).
+        padding:     Extra padding on top of what keeps the result aligned: int, (x, y) or (x0, x1, y0, y1).
+        flip_filter: Correlate instead of convolving.
+        gain:        Overall scale applied to the output.
+        impl:        'ref' or 'cuda'.
+
+    Returns:
+        Tensor [N, C, (H + py0 + py1) // downy, (W + px0 + px1) // downx].
+    """
+    downx, downy = _parse_scaling(down)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    padding = [
+        px0 + (fw - downx + 1) // 2,
+        px1 + (fw - downx) // 2,
+        py0 + (fh - downy + 1) // 2,
+        py1 + (fh - downy) // 2,
+    ]
+    return upfirdn2d(x, f, down=down, padding=padding, flip_filter=flip_filter, gain=gain, impl=impl)

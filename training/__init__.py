@@ -1,0 +1,1 @@
+"""Datasets, networks, losses, augmentation and the training loop."""
