@@ -1,0 +1,241 @@
+"""End-to-end tests of train.py and gen_images.py on a tiny configuration, on the CPU.
+
+The runs go through the command line in subprocesses, exactly as users start them. The network is tiny
+(--cbase=64 --cmax=8 --map-depth=1 at 8x8) so the whole file takes about a minute on two cores.
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import gen_images
+import train
+from training import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1"]
+
+
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run one of the root scripts in a fresh interpreter and fail with its output if it fails."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A 64-image, 8x8, labelled demo dataset."""
+    folder = tmp_path_factory.mktemp("data")
+    run_script(
+        "dataset_tool.py", "--source=demo:shapes", f"--dest={folder / 'shapes8.zip'}", "--resolution=8x8",
+        "--max-images=64", cwd=folder,
+    )  # fmt: skip
+    return folder / "shapes8.zip"
+
+
+def run_dirs(outdir: Path) -> list[Path]:
+    return sorted(p for p in outdir.iterdir() if p.is_dir())
+
+
+def load_final_state(run_dir: Path) -> dict:
+    return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
+
+
+def assert_states_close(a: dict, b: dict, atol: float) -> None:
+    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
+    for net in ["G", "D", "G_ema"]:
+        assert a[net].keys() == b[net].keys()
+        for name in a[net]:
+            torch.testing.assert_close(a[net][name], b[net][name], atol=atol, rtol=0, msg=f"{net}.{name}")
+
+
+def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
+    outdir = tmp_path / "runs"
+    run_script(
+        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=1",
+        "--tick=0.5", "--snap=2", "--workers=0", "--desc=smoke", cwd=tmp_path,
+    )  # fmt: skip
+    [run_dir] = run_dirs(outdir)
+    assert run_dir.name == "00000-stylegan2-shapes8-gpus1-batch4-gamma1-smoke"
+    names = set(os.listdir(run_dir))
+    expected = {
+        "training_options.json", "log.txt", "stats.jsonl", "reals.png", "fakes_init.png", "fakes000000.png",
+        "fakes000001.png", "network-snapshot-000000.pkl", "network-snapshot-000001.pkl", "training-state-000000.pt",
+        "training-state-000001.pt",
+    }  # fmt: skip
+    assert expected <= names
+    assert not [name for name in names if name.startswith(".tmp-")]
+    options = json.loads((run_dir / "training_options.json").read_text())
+    assert options["batch_size"] == 4 and options["cfg"] == "stylegan2" and options["ema_kimg"] == 4 * 10 / 32
+    log = (run_dir / "log.txt").read_text()
+    assert "tick 2" in log and "sec/kimg" in log and "Exiting" in log
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert [s["Progress/tick"]["mean"] for s in stats] == [0, 1, 2]
+    assert stats[-1]["Progress/kimg"]["mean"] == 1.0 and "Loss/G/loss" in stats[-1]
+
+    # The snapshot unpickles in a fresh interpreter, outside the repository, with only the package installed.
+    snapshot = run_dir / "network-snapshot-000001.pkl"
+    check = (
+        "import pickle, sys; s = pickle.load(open(sys.argv[1], 'rb'));"
+        "assert sorted(s) == ['D', 'G', 'G_ema', 'augment_pipe', 'training_set_kwargs'], sorted(s);"
+        "G = s['G_ema']; assert not G.training and not any(p.requires_grad for p in G.parameters());"
+        "assert all(p.device.type == 'cpu' for p in G.parameters());"
+        "assert s['training_set_kwargs']['path'].endswith('shapes8.zip'); print(G.img_resolution)"
+    )
+    result = subprocess.run([sys.executable, "-c", check, str(snapshot)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "8", result.stderr
+
+    out = tmp_path / "out"
+    run_script(
+        "gen_images.py", f"--network={snapshot}", "--seeds=0,3-4", f"--outdir={out}", "--trunc=0.7", cwd=tmp_path
+    )
+    assert sorted(os.listdir(out)) == ["seed0000.png", "seed0003.png", "seed0004.png"]
+
+
+def test_resume_continues_exactly(tmp_path, data):
+    common = [f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=0.5", "--snap=2", "--workers=0"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_script("train.py", f"--outdir={straight}", *common, "--kimg=2", cwd=tmp_path)
+    run_script("train.py", f"--outdir={split}", *common, "--kimg=1", cwd=tmp_path)
+    result = run_script("train.py", f"--outdir={split}", *common, "--kimg=2", "--resume=latest", cwd=tmp_path)
+    assert "Continuing from" in result.stdout
+
+    [straight_dir], [split_dir] = run_dirs(straight), run_dirs(split)  # Continued in place: still one run.
+    assert_states_close(load_final_state(straight_dir), load_final_state(split_dir), atol=1e-6)
+    assert load_final_state(split_dir)["progress"]["cur_nimg"] == 2000
+    assert (split_dir / "network-snapshot-000002.pkl").is_file()
+    log = (split_dir / "log.txt").read_text()
+    assert log.count("Training for") == 2  # The continued session appended to the same log.
+
+    # Continuing with options that change the computation is refused, naming them.
+    result = CliRunner().invoke(
+        train.main, [f"--outdir={split}", *common, "--kimg=3", "--resume=latest", "--batch-gpu=2"]
+    )
+    assert result.exit_code != 0 and "batch_gpu: 4 -> 2" in result.output
+
+
+def test_two_processes_match_one_process_with_accumulation(tmp_path, data):
+    common = [f"--data={data}", *TINY, "--batch=8", "--batch-gpu=4", "--kimg=0.032", "--tick=1", "--workers=0"]
+    run_script("train.py", f"--outdir={tmp_path / 'one'}", *common, "--gpus=1", cwd=tmp_path)
+    run_script("train.py", f"--outdir={tmp_path / 'two'}", *common, "--gpus=2", cwd=tmp_path)
+    [one], [two] = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "two")
+    assert two.name.startswith("00000-stylegan2-shapes8-gpus2-batch8")
+    a, b = load_final_state(one), load_final_state(two)
+    assert a["progress"]["step"] == 4
+    assert_states_close(a, b, atol=1e-5)
+    assert float(a["loss"]["pl_mean"]) > 0 and torch.allclose(a["loss"]["pl_mean"], b["loss"]["pl_mean"])
+
+
+def test_resume_from_a_snapshot_pickle(tmp_path, data):
+    outdir = tmp_path / "runs"
+    common = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=1", "--workers=0"]
+    run_script("train.py", *common, "--kimg=1", cwd=tmp_path)
+    [first] = run_dirs(outdir)
+
+    # Next to its training state, a snapshot continues the schedule in a new run directory.
+    result = run_script(
+        "train.py", *common, "--kimg=2", f"--resume={first / 'network-snapshot-000001.pkl'}", cwd=tmp_path
+    )
+    assert "Continuing from" in result.stdout
+    second = run_dirs(outdir)[1]
+    assert load_final_state(second)["progress"]["cur_nimg"] == 2000
+
+    # A lone pickle gives weights only: the schedule starts again at kimg 0.
+    lone = tmp_path / "lone.pkl"
+    lone.write_bytes((first / "network-snapshot-000001.pkl").read_bytes())
+    result = run_script("train.py", *common, "--kimg=1", f"--resume={lone}", cwd=tmp_path)
+    assert "no training state: kimg starts at 0" in result.stdout
+    third = run_dirs(outdir)[2]
+    assert load_final_state(third)["progress"]["cur_nimg"] == 1000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpus=3", "--batch=8"], "--batch=8 must be a multiple of --gpus=3"),
+        (["--batch=8", "--batch-gpu=3"], "must be a multiple of --batch-gpu=3"),
+        (["--batch=8", "--batch-gpu=2"], "--batch-gpu=2 is smaller than --mbstd-group=4"),
+        (["--cond=1", "--data=UNLABELLED"], "--cond=1 needs labels"),
+        (["--aug=ada"], "--aug=ada is not yet supported"),
+        (["--freezed=2"], "--freezed is not yet supported"),
+        (["--metrics=fid50k_full"], "--metrics=fid50k_full is not yet supported"),
+        (["--tick=0.5", "--snap=1"], "below 1 kimg"),
+        (["--data=MISSING"], "--data="),
+    ],
+)
+def test_bad_options_are_refused(tmp_path, data, args, message):
+    base = {"--outdir": str(tmp_path / "runs"), "--data": str(data), "--gpus": "1", "--batch": "8"}
+    base.update({"--cfg": "stylegan2", "--gamma": "1", "--aug": "noaug", "--metrics": "none"})
+    for arg in args:
+        key, value = arg.split("=", 1)
+        if value == "UNLABELLED":
+            value = str(_unlabelled_dataset(tmp_path, data))
+        elif value == "MISSING":
+            value = str(tmp_path / "nope.zip")
+        base[key] = value
+    result = CliRunner().invoke(train.main, [f"{k}={v}" for k, v in base.items()] + ["--dry-run"])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def _unlabelled_dataset(tmp_path: Path, data: Path) -> Path:
+    """A copy of the demo dataset without its dataset.json."""
+    path = tmp_path / "unlabelled.zip"
+    with zipfile.ZipFile(data) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            if name != "dataset.json":
+                dst.writestr(name, src.read(name))
+    return path
+
+
+def test_dry_run_prints_the_config_and_writes_nothing(tmp_path, data):
+    args = [f"--outdir={tmp_path / 'runs'}", f"--data={data}", *TINY, "--gpus=1", "--batch=8", "--dry-run"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    assert '"glr": 0.002' in result.output and "Dry run; exiting." in result.output
+    assert "00000-stylegan2-shapes8-gpus1-batch8-gamma1" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_matches_docs():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout == (ROOT / "docs" / "train-help.txt").read_text(), "regenerate: python train.py --help"
+
+
+def test_gen_images_refuses_bad_class(tmp_path, data):
+    outdir = tmp_path / "runs"
+    run_script(
+        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=0.004",
+        "--tick=1", "--workers=0", "--cond=1", cwd=tmp_path,
+    )  # fmt: skip
+    [run_dir] = run_dirs(outdir)
+    snapshot = str(run_dir / "network-snapshot-000000.pkl")
+    with open(snapshot, "rb") as f:
+        assert pickle.load(f)["G_ema"].c_dim == 3
+    runner = CliRunner()
+    result = runner.invoke(gen_images.main, [f"--network={snapshot}", "--seeds=0", f"--outdir={tmp_path / 'o'}"])
+    assert result.exit_code != 0 and "pass --class=N" in result.output
+    result = runner.invoke(
+        gen_images.main, [f"--network={snapshot}", "--seeds=0", "--class=3", f"--outdir={tmp_path / 'o'}"]
+    )
+    assert result.exit_code != 0 and "classes 0..2" in result.output
+    result = runner.invoke(
+        gen_images.main, [f"--network={snapshot}", "--seeds=1", "--class=2", f"--outdir={tmp_path / 'o'}"]
+    )
+    assert result.exit_code == 0 and (tmp_path / "o" / "seed0001.png").is_file()
+    result = runner.invoke(gen_images.main, [f"--network={tmp_path / 'nope.pkl'}", "--seeds=0", "--outdir=o"])
+    assert result.exit_code != 0 and "nope.pkl" in result.output

@@ -1,0 +1,312 @@
+"""Train a GAN on a dataset made by dataset_tool.py: parse the options, build one config, print it, launch."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+
+import click
+import torch
+
+import dnnlib
+from torch_utils import distributed
+from training import checkpoint, training_loop
+from training.config import FIXED_WHEN_CONTINUING, PRESETS, ConfigError, TrainingConfig, validate
+from training.dataset import DatasetError, ImageFolderDataset
+
+
+def build_config(opts: dnnlib.EasyDict) -> TrainingConfig:
+    """Turn the command-line options into a validated TrainingConfig; bad input raises click.ClickException."""
+    preset = PRESETS[opts.cfg]
+    gpus = opts.gpus
+    if distributed.under_torchrun() and int(os.environ["WORLD_SIZE"]) != gpus:
+        raise click.ClickException(
+            f"--gpus={gpus} but torchrun started {os.environ['WORLD_SIZE']} processes; --gpus must be the total "
+            f"number of processes (nnodes * nproc-per-node)"
+        )
+    if not distributed.under_torchrun() and torch.cuda.is_available() and gpus > torch.cuda.device_count():
+        raise click.ClickException(f"--gpus={gpus} but this machine has {torch.cuda.device_count()} CUDA devices")
+
+    c = TrainingConfig(
+        outdir=opts.outdir,
+        cfg=opts.cfg,
+        data=opts.data,
+        desc=opts.desc,
+        cond=opts.cond,
+        mirror=opts.mirror,
+        workers=opts.workers,
+        gpus=gpus,
+        batch_size=opts.batch,
+        batch_gpu=opts.batch_gpu or opts.batch // gpus,
+        cbase=opts.cbase,
+        cmax=opts.cmax,
+        map_depth=opts.map_depth or preset.map_depth,
+        mbstd_group=opts.mbstd_group,
+        fp32=opts.fp32,
+        glr=preset.glr if opts.glr is None else opts.glr,
+        dlr=opts.dlr,
+        gamma=opts.gamma,
+        style_mixing_prob=preset.style_mixing_prob,
+        pl_weight=preset.pl_weight,
+        ema_kimg=opts.batch * 10 / 32,
+        aug=opts.aug,
+        p=opts.p,
+        target=opts.target,
+        freezed=opts.freezed,
+        total_kimg=opts.kimg,
+        tick_kimg=opts.tick,
+        snap_ticks=opts.snap,
+        seed=opts.seed,
+        cudnn_benchmark=not opts.nobench,
+        metrics=parse_metrics(opts.metrics),
+        resume=opts.resume,
+    )
+    c = resolve_resume(c)
+    try:
+        validate(c, inspect_dataset(c.data))
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    return c
+
+
+def parse_metrics(metrics: str) -> list[str]:
+    """'fid50k_full,kid50k' -> ['fid50k_full', 'kid50k']; 'none' -> []."""
+    names = [name.strip() for name in metrics.split(",") if name.strip()]
+    return [] if names in ([], ["none"]) else names
+
+
+def inspect_dataset(path: str) -> dict:
+    """Open the dataset as training will, for the checks in `validate`; unreadable data is a ClickException."""
+    try:
+        with ImageFolderDataset(path, use_labels=True) as dataset:
+            return dict(resolution=dataset.resolution, has_labels=dataset.has_labels, num_images=len(dataset))
+    except (DatasetError, OSError) as error:
+        raise click.ClickException(f"--data={path}: {error}") from None
+
+
+def resolve_resume(c: TrainingConfig) -> TrainingConfig:
+    """Decide what --resume means: continue a run in place, continue from a snapshot's state, or copy weights."""
+    if c.resume is None:
+        return c
+    if c.resume == "latest" or os.path.isdir(c.resume):
+        run_dir = latest_run_dir(c.outdir) if c.resume == "latest" else c.resume
+        return continue_in_place(c, run_dir)
+    state = checkpoint.state_next_to_snapshot(c.resume)
+    if state is not None:
+        return dataclasses.replace(c, resume_state=state)
+    return dataclasses.replace(c, resume_pkl=c.resume)
+
+
+def latest_run_dir(outdir: str) -> str:
+    """The highest-numbered run directory under `outdir` that has a training state."""
+    runs = sorted(
+        glob.glob(os.path.join(outdir, "[0-9]*-*")), key=lambda p: int(re.match(r"\d+", os.path.basename(p))[0])
+    )
+    runs = [run for run in runs if checkpoint.list_states(run)]
+    if not runs:
+        raise click.ClickException(f"--resume=latest: no run directory under --outdir={outdir} has a training state")
+    return runs[-1]
+
+
+def continue_in_place(c: TrainingConfig, run_dir: str) -> TrainingConfig:
+    """Continue `run_dir` from its newest training state, refusing option changes that would alter the run."""
+    states = checkpoint.list_states(run_dir)
+    if not os.path.isfile(os.path.join(run_dir, "training_options.json")) or not states:
+        raise click.ClickException(
+            f"--resume={c.resume}: {run_dir} has no training_options.json and training-state-*.pt to continue; to "
+            f"start from one of its snapshots' weights, pass --resume=<network-snapshot pkl>"
+        )
+    saved = TrainingConfig.load(run_dir)
+    changed = [name for name in FIXED_WHEN_CONTINUING if getattr(saved, name) != getattr(c, name)]
+    if changed:
+        details = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(c, name)!r}" for name in changed)
+        raise click.ClickException(
+            f"--resume={c.resume}: these options differ from the run being continued ({details}). Run the same "
+            f"command as before, or start a new run from a snapshot with --resume=<network-snapshot pkl>"
+        )
+    return dataclasses.replace(c, run_dir=run_dir, outdir=saved.outdir, resume_state=states[-1])
+
+
+def print_config(c: TrainingConfig) -> None:
+    """Print the configuration and where the run will go (rank 0)."""
+    distributed.print0()
+    distributed.print0("Training options:")
+    distributed.print0(c.to_json())
+    distributed.print0()
+    if c.resume_state is not None and c.run_dir is not None:
+        distributed.print0(f"Continuing run:      {c.run_dir}")
+    else:
+        distributed.print0(f"Output directory:    {training_loop.next_run_dir(c)}")
+    distributed.print0(f"Number of GPUs:      {c.gpus}")
+    distributed.print0(f"Batch size:          {c.batch_size} images ({c.batch_gpu} per GPU x {c.rounds} rounds)")
+    distributed.print0(f"Training duration:   {c.total_kimg:g} kimg")
+    distributed.print0(f"Dataset path:        {c.data}")
+    distributed.print0(f"Conditional model:   {c.cond}")
+    distributed.print0(f"Dataset x-flips:     {c.mirror}")
+    distributed.print0()
+
+
+def launch(c: TrainingConfig) -> None:
+    """Start the training processes: --gpus local processes, or this one under torchrun."""
+    distributed.launch(training_loop.run, (c,), num_processes=c.gpus)
+
+
+@click.command(context_settings=dict(terminal_width=120, max_content_width=120))
+# Required.
+@click.option("--outdir", metavar="DIR", required=True, help="Where to make the run directory.")
+@click.option(
+    "--cfg",
+    metavar="NAME",
+    type=click.Choice(list(PRESETS)),
+    required=True,
+    help=f"Base configuration: {', '.join(PRESETS)}.",
+)
+@click.option("--data", metavar="[ZIP|DIR]", required=True, help="Training data, made by dataset_tool.py.")
+@click.option("--gpus", metavar="INT", type=click.IntRange(min=1), required=True, help="Number of GPUs (processes).")
+@click.option("--batch", metavar="INT", type=click.IntRange(min=1), required=True, help="Total batch size.")
+@click.option("--gamma", metavar="FLOAT", type=click.FloatRange(min=0), required=True, help="R1 regularization weight.")
+# Optional features.
+@click.option("--cond", metavar="BOOL", type=bool, default=False, show_default=True, help="Train a conditional model.")
+@click.option("--mirror", metavar="BOOL", type=bool, default=False, show_default=True, help="Enable dataset x-flips.")
+@click.option(
+    "--aug",
+    metavar="MODE",
+    type=click.Choice(["noaug", "ada", "fixed"]),
+    default="ada",
+    show_default=True,
+    help="Augmentation mode: noaug, ada or fixed.",
+)
+@click.option("--resume", metavar="[PKL|URL|DIR|latest]", help="Start from a snapshot's weights, or continue a run.")
+@click.option(
+    "--freezed",
+    metavar="INT",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Freeze first layers of D.",
+)
+# Misc hyperparameters.
+@click.option(
+    "--p",
+    metavar="FLOAT",
+    type=click.FloatRange(min=0, max=1),
+    default=0.2,
+    show_default=True,
+    help="Probability for --aug=fixed.",
+)
+@click.option(
+    "--target",
+    metavar="FLOAT",
+    type=click.FloatRange(min=0, max=1),
+    default=0.6,
+    show_default=True,
+    help="Target value for --aug=ada.",
+)
+@click.option(
+    "--batch-gpu", metavar="INT", type=click.IntRange(min=1), help="Limit batch size per GPU  [default: batch/gpus]."
+)
+@click.option(
+    "--cbase", metavar="INT", type=click.IntRange(min=1), default=32768, show_default=True, help="Capacity multiplier."
+)
+@click.option(
+    "--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True, help="Max. feature maps."
+)
+@click.option("--glr", metavar="FLOAT", type=click.FloatRange(min=0), help="G learning rate  [default: varies].")
+@click.option(
+    "--dlr", metavar="FLOAT", type=click.FloatRange(min=0), default=0.002, show_default=True, help="D learning rate."
+)
+@click.option(
+    "--map-depth", metavar="INT", type=click.IntRange(min=1), help="Mapping network depth  [default: varies]."
+)
+@click.option(
+    "--mbstd-group",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Minibatch std group size.",
+)
+# Misc settings.
+@click.option("--desc", metavar="STR", help="String to include in result dir name.")
+@click.option(
+    "--metrics",
+    metavar="[NAME|A,B,C|none]",
+    default="fid50k_full",
+    show_default=True,
+    help="Quality metrics at each snapshot.",
+)
+@click.option(
+    "--kimg",
+    metavar="KIMG",
+    type=click.FloatRange(min=0, min_open=True),
+    default=25000,
+    show_default=True,
+    help="Total training duration.",
+)
+@click.option(
+    "--tick",
+    metavar="KIMG",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4,
+    show_default=True,
+    help="How often to print progress.",
+)
+@click.option(
+    "--snap",
+    metavar="TICKS",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="How often to save snapshots.",
+)
+@click.option("--seed", metavar="INT", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+@click.option("--fp32", metavar="BOOL", type=bool, default=False, show_default=True, help="Disable mixed-precision.")
+@click.option(
+    "--nobench", metavar="BOOL", type=bool, default=False, show_default=True, help="Disable cuDNN benchmarking."
+)
+@click.option(
+    "--workers",
+    metavar="INT",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="DataLoader worker processes.",
+)
+@click.option("-n", "--dry-run", is_flag=True, help="Print training options and exit.")
+def main(**kwargs) -> None:
+    """Train a GAN using the techniques of StyleGAN2-ADA, StyleGAN3 and CREPS.
+
+    Examples:
+
+    \b
+    # Train StyleGAN2 on the built-in demo dataset, on the CPU or one GPU.
+    python dataset_tool.py --source=demo:shapes --dest=datasets/shapes-64.zip --resolution=64x64
+    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/shapes-64.zip --gpus=1 --batch=32 \\
+        --gamma=0.8 --aug=noaug --metrics=none
+
+    \b
+    # Eight GPUs on one machine; continue the newest run after an interruption.
+    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
+        --gamma=1 --aug=noaug --metrics=none
+    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
+        --gamma=1 --aug=noaug --metrics=none --resume=latest
+
+    \b
+    # Two machines with eight GPUs each (run on every machine).
+    torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py \\
+        --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=16 --batch=64 --gamma=1 \\
+        --aug=noaug --metrics=none
+    """
+    opts = dnnlib.EasyDict(kwargs)
+    config = build_config(opts)
+    print_config(config)
+    if opts.dry_run:
+        distributed.print0("Dry run; exiting.")
+        return
+    launch(config)
+
+
+if __name__ == "__main__":
+    main()

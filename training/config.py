@@ -1,0 +1,176 @@
+"""One typed, serializable configuration per training run, the preset table, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import torch
+
+from training import networks_stylegan2
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What a `--cfg` value sets: the networks and the published hyper-parameters that go with them."""
+
+    G_class: type[torch.nn.Module]  # Generator class; D is the StyleGAN2 discriminator for every preset.
+    map_depth: int  # Mapping network layers unless --map-depth is given.
+    glr: float  # G learning rate unless --glr is given.
+    style_mixing_prob: float  # Probability of mixing two latents in a generated sample.
+    pl_weight: float  # Path length regularization weight; 0 disables it.
+
+
+# The published training configurations (StyleGAN3 repository's train.py for stylegan2).
+PRESETS: dict[str, Preset] = {
+    "stylegan2": Preset(
+        G_class=networks_stylegan2.Generator, map_depth=8, glr=0.002, style_mixing_prob=0.9, pl_weight=2.0
+    ),
+}
+
+# Options that change what is computed. Continuing a run in place (--resume=RUN_DIR / latest) must keep them.
+FIXED_WHEN_CONTINUING = (
+    "cfg", "data", "cond", "mirror", "gpus", "batch_size", "batch_gpu", "gamma", "cbase", "cmax", "map_depth",
+    "mbstd_group", "glr", "dlr", "fp32", "seed", "aug", "p", "target", "freezed",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Everything one training run needs, written to `run_dir/training_options.json` before the first step."""
+
+    # Where and what.
+    outdir: str  # Parent folder of run directories.
+    cfg: str  # Preset name, a key of PRESETS.
+    data: str  # Dataset zip or folder made by dataset_tool.py.
+    desc: str | None = None  # Appended to the run directory name; None adds nothing.
+    run_dir: str | None = None  # Set at launch: outdir/NNNNN-<cfg>-<data>-gpus<N>-batch<B>-gamma<G>[-desc].
+
+    # Data.
+    cond: bool = False  # Train a conditional model on the dataset's labels.
+    mirror: bool = False  # Double the dataset with x-flips.
+    workers: int = 3  # DataLoader worker processes per rank.
+
+    # Batch and processes.
+    gpus: int = 1  # Number of processes (one per GPU), across all machines.
+    batch_size: int = 32  # Total batch over all processes, in images per step.
+    batch_gpu: int = 32  # Images per process per accumulation round; batch_size / gpus when not given.
+
+    # Networks.
+    z_dim: int = 512  # Latent size.
+    w_dim: int = 512  # Intermediate latent size.
+    cbase: int = 32768  # Channel base: resolution r gets min(cbase // r, cmax) channels.
+    cmax: int = 512  # Maximum channels per layer.
+    map_depth: int = 8  # Mapping network layers.
+    mbstd_group: int = 4  # Minibatch standard deviation group size.
+    fp32: bool = False  # Disable mixed precision (float16 in the 4 highest resolutions with clamp 256).
+
+    # Optimization.
+    glr: float = 0.002  # G learning rate.
+    dlr: float = 0.002  # D learning rate.
+    betas: tuple[float, float] = (0.0, 0.99)  # Adam betas for both networks.
+    eps: float = 1e-8  # Adam epsilon.
+    gamma: float = 10.0  # R1 regularization weight.
+    style_mixing_prob: float = 0.9  # Probability of mixing two latents in a generated sample.
+    pl_weight: float = 2.0  # Path length regularization weight; 0 disables it.
+    pl_batch_shrink: int = 2  # Path length regularization runs on batch / pl_batch_shrink samples.
+    pl_decay: float = 0.01  # Decay of the running path length mean.
+    G_reg_interval: int = 4  # Lazy regularization: path length every this many G steps; 0 fuses it in.
+    D_reg_interval: int = 16  # Lazy regularization: R1 every this many D steps; 0 fuses it in.
+    ema_kimg: float = 10.0  # Half-life of G's exponential moving average, in kimg (batch * 10 / 32).
+    ema_rampup: float | None = 0.05  # EMA half-life is at most this fraction of the images seen; None: no ramp-up.
+
+    # Augmentation and transfer learning (validated by `validate`).
+    aug: str = "ada"  # Augmentation mode: ada, fixed or noaug.
+    p: float = 0.2  # Augmentation probability for --aug=fixed.
+    target: float = 0.6  # ADA target for the sign of D on reals.
+    freezed: int = 0  # Freeze the first this-many layers of D.
+
+    # Schedule.
+    total_kimg: float = 25000  # Training length, in thousands of real images shown to D.
+    tick_kimg: float = 4  # Progress report interval, in kimg.
+    snap_ticks: int = 50  # Snapshot interval, in ticks.
+    seed: int = 0  # Random seed of initialization, data order and every sampled latent.
+    cudnn_benchmark: bool = True  # Let cuDNN pick the fastest convolution algorithms.
+    metrics: list[str] = dataclasses.field(default_factory=list)  # Metrics evaluated at every snapshot.
+
+    # Resume.
+    resume: str | None = None  # What --resume said: a snapshot pickle or URL, a run directory, or "latest".
+    resume_pkl: str | None = None  # Start from this snapshot's weights, counters at 0; None: fresh weights.
+    resume_state: str | None = None  # Continue exactly from this training state; None: start a new schedule.
+
+    @property
+    def preset(self) -> Preset:
+        """The preset named by `cfg`."""
+        return PRESETS[self.cfg]
+
+    @property
+    def rounds(self) -> int:
+        """Gradient accumulation rounds per step on each process."""
+        return self.batch_size // (self.batch_gpu * self.gpus)
+
+    def to_json(self) -> str:
+        """The config as indented JSON, as written to training_options.json."""
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        """Rebuild a config from training_options.json's contents."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown training options: {', '.join(unknown)}")
+        values = dict(values)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, run_dir: str) -> TrainingConfig:
+        """Read `run_dir/training_options.json`."""
+        with open(os.path.join(run_dir, "training_options.json")) as f:
+            return cls.from_dict(json.load(f))
+
+
+class ConfigError(ValueError):
+    """A combination of options that cannot train; the message names the options and the fix."""
+
+
+def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> None:
+    """Refuse bad combinations in one place. `dataset_info` (resolution, has_labels) enables the data checks."""
+    if c.cfg not in PRESETS:
+        raise ConfigError(f"--cfg={c.cfg} is not supported; choose one of: {', '.join(PRESETS)}")
+    if c.batch_size % c.gpus != 0:
+        raise ConfigError(f"--batch={c.batch_size} must be a multiple of --gpus={c.gpus}")
+    if c.batch_gpu < 1 or c.batch_size % (c.batch_gpu * c.gpus) != 0:
+        raise ConfigError(
+            f"--batch={c.batch_size} must be a multiple of --batch-gpu={c.batch_gpu} times --gpus={c.gpus}"
+        )
+    if c.batch_gpu < c.mbstd_group:
+        raise ConfigError(
+            f"--batch-gpu={c.batch_gpu} is smaller than --mbstd-group={c.mbstd_group}; raise --batch-gpu or "
+            f"lower --mbstd-group"
+        )
+    if c.batch_gpu % c.mbstd_group != 0:
+        raise ConfigError(f"--batch-gpu={c.batch_gpu} must be a multiple of --mbstd-group={c.mbstd_group}")
+    if c.aug != "noaug":
+        raise ConfigError(f"--aug={c.aug} is not yet supported (augmentation is still being built); use --aug=noaug")
+    if c.freezed != 0:
+        raise ConfigError("--freezed is not yet supported (transfer learning is still being built); omit it")
+    if c.metrics:
+        raise ConfigError(
+            f"--metrics={','.join(c.metrics)} is not yet supported (metrics are still being built); use --metrics=none"
+        )
+    if c.snap_ticks * c.tick_kimg < 1:
+        raise ConfigError(
+            f"--tick={c.tick_kimg} times --snap={c.snap_ticks} is below 1 kimg; snapshots are named by kimg, so "
+            f"they must be at least 1 kimg apart"
+        )
+    if dataset_info is not None:
+        if c.cond and not dataset_info["has_labels"]:
+            raise ConfigError(f"--cond=1 needs labels, but {c.data} has no dataset.json labels")
+        resolution = dataset_info["resolution"]
+        if resolution < 8 or resolution & (resolution - 1):
+            raise ConfigError(f"{c.data} has {resolution}x{resolution} images; training needs a power of two >= 8")

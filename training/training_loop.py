@@ -1,0 +1,510 @@
+"""The training loop: alternate G and D phases over each batch, keep G's moving average, report and snapshot.
+
+Randomness is a function of counters: every (step, phase, chunk) reseeds torch from the run seed, where a chunk
+is one process's accumulation round. The data order is a function of the image count. So a run continued from
+a training state, or split over a different number of processes with the same `--batch-gpu`, computes exactly
+what an uninterrupted single-process run computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import time
+
+import numpy as np
+import psutil
+import torch
+
+import dnnlib
+from torch_utils import distributed, misc, training_stats
+from training import checkpoint
+from training.config import TrainingConfig
+from training.dataset import ImageFolderDataset
+from training.loss import Phase, StyleGAN2Loss
+from training.networks_stylegan2 import Discriminator
+from training.run_log import RunLog, grid_shape, save_image_grid
+
+
+@dataclasses.dataclass
+class Progress:
+    """Counters that place the run on its schedule; saved in training states."""
+
+    cur_nimg: int = 0  # Real images shown to D so far, over all processes.
+    step: int = 0  # Optimizer steps taken (each over one full batch).
+    cur_tick: int = 0  # Index of the tick in progress.
+    tick_start_nimg: int = 0  # cur_nimg when the tick in progress began.
+    elapsed_sec: float = 0.0  # Training time of earlier sessions of this run, in seconds.
+
+    def state_dict(self) -> dict:
+        """The counters as a dict."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the counters."""
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+@dataclasses.dataclass
+class PhaseRunner:
+    """A loss phase together with the network it updates, that network's optimizer and its schedule."""
+
+    phase: Phase
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    interval: int  # Runs on steps divisible by this; the lazy regularization interval, or 1.
+
+
+class GeneratorEma:
+    """Exponential moving average of G's weights, whose half-life ramps up with the images seen (StyleGAN2-ADA)."""
+
+    def __init__(self, G_ema: torch.nn.Module, ema_kimg: float, ema_rampup: float | None):
+        """
+        Args:
+            G_ema:      The averaged copy of G, updated in place.
+            ema_kimg:   Half-life of the average, in thousands of images.
+            ema_rampup: Cap the half-life at this fraction of the images seen so far; None: no cap.
+        """
+        self.module = G_ema
+        self.ema_kimg = ema_kimg
+        self.ema_rampup = ema_rampup
+
+    @torch.no_grad()
+    def update(self, G: torch.nn.Module, cur_nimg: int, batch_size: int) -> None:
+        """Blend G into the average after a step of `batch_size` images that began at `cur_nimg`; buffers are
+        copied as they are."""
+        ema_nimg = self.ema_kimg * 1000
+        if self.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, cur_nimg * self.ema_rampup)
+        beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+        for p_ema, p in zip(self.module.parameters(), G.parameters(), strict=True):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.module.buffers(), G.buffers(), strict=True):
+            b_ema.copy_(b.detach())
+
+    def state_dict(self) -> dict:
+        """The averaged weights."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the averaged weights."""
+        self.module.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------
+# Set-up.
+
+
+def select_device() -> torch.device:
+    """This process's GPU, or the CPU (float32) when CUDA is unavailable."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", distributed.get_local_rank())
+        torch.cuda.set_device(device)
+        return device
+    distributed.print0("No CUDA device found: training on the CPU in float32 (slow, but it works).")
+    return torch.device("cpu")
+
+
+def training_set_kwargs(c: TrainingConfig) -> dict:
+    """ImageFolderDataset arguments; stored in snapshots so tools can reopen the same data."""
+    return dict(path=c.data, use_labels=c.cond, xflip=c.mirror, max_size=None, random_seed=c.seed)
+
+
+def build_networks(c: TrainingConfig, dataset: ImageFolderDataset, device: torch.device):
+    """Construct G, D and G_ema for the dataset's resolution, channels and labels, identically on every rank."""
+    torch.manual_seed(c.seed)
+    common = dict(
+        channel_base=c.cbase, channel_max=c.cmax, num_fp16_res=0 if c.fp32 else 4, conv_clamp=None if c.fp32 else 256
+    )
+    G = c.preset.G_class(
+        z_dim=c.z_dim,
+        c_dim=dataset.label_dim,
+        w_dim=c.w_dim,
+        img_resolution=dataset.resolution,
+        img_channels=dataset.num_channels,
+        mapping_kwargs=dict(num_layers=c.map_depth),
+        **common,
+    )
+    D = Discriminator(
+        c_dim=dataset.label_dim,
+        img_resolution=dataset.resolution,
+        img_channels=dataset.num_channels,
+        epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group),
+        **common,
+    )
+    G = G.train().requires_grad_(False).to(device)
+    D = D.train().requires_grad_(False).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    return G, D, G_ema
+
+
+def build_phases(c: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module) -> list[PhaseRunner]:
+    """Gmain, Greg, Dmain, Dreg with lazy regularization (or Gboth, Dboth without), each with its Adam."""
+    runners = []
+    for name, module, lr, reg_interval in [("G", G, c.glr, c.G_reg_interval), ("D", D, c.dlr, c.D_reg_interval)]:
+        if reg_interval == 0:
+            opt = torch.optim.Adam(module.parameters(), lr=lr, betas=c.betas, eps=c.eps)
+            runners.append(PhaseRunner(Phase[name + "both"], module, opt, interval=1))
+            continue
+        # Lazy regularization (paper, Section 3.1): the main phase runs reg_interval / (reg_interval + 1) of the
+        # updates, so its learning rate and betas are adjusted to keep the same effective schedule.
+        ratio = reg_interval / (reg_interval + 1)
+        betas = tuple(beta**ratio for beta in c.betas)
+        opt = torch.optim.Adam(module.parameters(), lr=lr * ratio, betas=betas, eps=c.eps)
+        runners.append(PhaseRunner(Phase[name + "main"], module, opt, interval=1))
+        runners.append(PhaseRunner(Phase[name + "reg"], module, opt, interval=reg_interval))
+    return runners
+
+
+def make_data_iterator(c: TrainingConfig, dataset: ImageFolderDataset, start_nimg: int, device: torch.device):
+    """Endless batches of `batch_gpu` reals for this rank, starting where `start_nimg` images left off."""
+    sampler = misc.InfiniteSampler(
+        dataset,
+        rank=distributed.get_rank(),
+        num_replicas=distributed.get_world_size(),
+        seed=c.seed,
+        start_pos=start_nimg,
+        block_size=c.batch_gpu,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=c.batch_gpu,
+        num_workers=c.workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if c.workers > 0 else None,
+        persistent_workers=c.workers > 0,
+    )
+    for images, labels in loader:
+        yield images.to(device).to(torch.float32) / 127.5 - 1, labels.to(device)
+
+
+def chunk_seed(seed: int, step: int, phase_index: int, chunk: int) -> int:
+    """The torch seed for one chunk of one phase of one step."""
+    return int(np.random.SeedSequence([seed, step, phase_index, chunk]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------
+# One step.
+
+
+def reduce_gradients(module: torch.nn.Module, network: str) -> None:
+    """Sum gradients over ranks in one all-reduce; zero and count non-finite values."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    if distributed.is_distributed():
+        torch.distributed.all_reduce(flat)
+    nonfinite = ~torch.isfinite(flat)
+    training_stats.report(f"Progress/nonfinite_grads/{network}", nonfinite.sum())
+    flat = torch.where(nonfinite, torch.zeros_like(flat), flat)
+    for p, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad = grad.reshape(p.shape)
+
+
+def run_phase(
+    runner: PhaseRunner,
+    phase_index: int,
+    loss: StyleGAN2Loss,
+    reals: list[tuple[torch.Tensor, torch.Tensor]],
+    labels: torch.Tensor,
+    z_dim: int,
+    c: TrainingConfig,
+    step: int,
+) -> None:
+    """Accumulate one phase's gradients over this rank's rounds, reduce them over ranks and take the step."""
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    runner.module.requires_grad_(True)
+    runner.opt.zero_grad(set_to_none=True)
+    gain = runner.interval * c.batch_gpu / c.batch_size  # The chunks' mean losses add up to the batch mean.
+    for round_index, (real_img, real_c) in enumerate(reals):
+        torch.manual_seed(chunk_seed(c.seed, step, phase_index, round_index * world + rank))
+        gen_z = torch.randn([c.batch_gpu, z_dim], device=real_img.device)
+        gen_c = labels[torch.randint(len(labels), [c.batch_gpu], device=labels.device)]
+        # G's average w advances once per step, from each rank's first round, whatever the number of rounds.
+        loss.accumulate_gradients(
+            runner.phase, real_img, real_c, gen_z, gen_c, gain=gain, update_emas=(round_index == 0)
+        )
+    reduce_gradients(runner.module, runner.phase.network)
+    runner.opt.step()
+    loss.end_phase(runner.phase)
+    runner.module.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def training_loop(c: TrainingConfig) -> None:
+    """Train per `c` on this process's share of each batch; rank 0 writes everything under `c.run_dir`."""
+    start_time = time.time()
+    device = select_device()
+    torch.backends.cudnn.benchmark = c.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = False  # Full float32 precision, as the published results used.
+    torch.backends.cudnn.allow_tf32 = False
+
+    dataset = ImageFolderDataset(**training_set_kwargs(c))
+    labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])).to(device)
+    G, D, G_ema = build_networks(c, dataset, device)
+    phases = build_phases(c, G, D)
+    loss = StyleGAN2Loss(
+        G,
+        D,
+        r1_gamma=c.gamma,
+        style_mixing_prob=c.style_mixing_prob,
+        pl_weight=c.pl_weight,
+        pl_batch_shrink=c.pl_batch_shrink,
+        pl_decay=c.pl_decay,
+    )
+    ema = GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup)
+    progress = Progress()
+    continuing = resume(c, G, D, ema, phases, loss, progress)
+    for module in (G, D, G_ema):
+        broadcast_module(module)
+
+    log = RunLog(c.run_dir) if distributed.is_main() else None
+    grid = SnapshotGrid(c, dataset, device)
+    if not continuing:
+        print_summaries(G, D, c, dataset, device)
+        grid.save_reals()
+        grid.save_fakes(G_ema, "fakes_init.png")
+    distributed.print0(f"Training for {c.total_kimg:g} kimg from {progress.cur_nimg / 1000:g} kimg...")
+
+    data = make_data_iterator(c, dataset, progress.cur_nimg, device)
+    collector = training_stats.Collector(regex=".*")
+    tick_start_time = time.time()
+    maintenance_sec = tick_start_time - start_time
+    while True:
+        reals = [next(data) for _ in range(c.rounds)]
+        for phase_index, runner in enumerate(phases):
+            if progress.step % runner.interval == 0:
+                run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, progress.step)
+        ema.update(G, progress.cur_nimg, c.batch_size)
+        progress.cur_nimg += c.batch_size
+        progress.step += 1
+
+        done = progress.cur_nimg >= c.total_kimg * 1000
+        tick_end_nimg = progress.tick_start_nimg + c.tick_kimg * 1000
+        if not done and progress.cur_tick != 0 and progress.cur_nimg < tick_end_nimg:
+            continue
+
+        # End of a tick: report, then snapshot every snap_ticks ticks and at the end.
+        tick_end_time = time.time()
+        report_tick(progress, tick_start_time, tick_end_time, maintenance_sec, start_time, device)
+        collector.update()
+        if log is not None:
+            log.write_stats(collector.as_dict(), progress.cur_nimg / 1000)
+        progress.cur_tick += 1
+        progress.tick_start_nimg = progress.cur_nimg
+        if done or (progress.cur_tick - 1) % c.snap_ticks == 0:
+            progress_to_save = dataclasses.replace(
+                progress, elapsed_sec=progress.elapsed_sec + time.time() - start_time
+            )
+            save_snapshot(c, G, D, ema, phases, loss, progress_to_save, grid)
+        tick_start_time = time.time()
+        maintenance_sec = tick_start_time - tick_end_time
+        if done:
+            break
+
+    distributed.print0("Exiting...")
+    if log is not None:
+        log.close()
+
+
+def report_tick(
+    progress: Progress,
+    tick_start_time: float,
+    tick_end_time: float,
+    maintenance_sec: float,
+    start_time: float,
+    device: torch.device,
+) -> None:
+    """Print the tick's status line and report its timings and resources as statistics."""
+    kimg = progress.cur_nimg / 1000
+    tick_kimg = (progress.cur_nimg - progress.tick_start_nimg) / 1000
+    total_sec = progress.elapsed_sec + tick_end_time - start_time
+    tick_sec = tick_end_time - tick_start_time
+    cpu_mem_gb = psutil.Process(os.getpid()).memory_info().rss / 2**30
+    gpu_mem_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    fields = [
+        ("tick", training_stats.report0("Progress/tick", progress.cur_tick), "{:<5d}"),
+        ("kimg", training_stats.report0("Progress/kimg", kimg), "{:<8.1f}"),
+        ("time", dnnlib.util.format_time(training_stats.report0("Timing/total_sec", total_sec)), "{:<12s}"),
+        ("sec/tick", training_stats.report0("Timing/sec_per_tick", tick_sec), "{:<7.1f}"),
+        ("sec/kimg", training_stats.report0("Timing/sec_per_kimg", tick_sec / max(tick_kimg, 1e-8)), "{:<7.2f}"),
+        ("maintenance", training_stats.report0("Timing/maintenance_sec", maintenance_sec), "{:<6.1f}"),
+        ("cpumem", training_stats.report0("Resources/cpu_mem_gb", cpu_mem_gb), "{:<6.2f}"),
+        ("gpumem", training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem_gb), "{:<6.2f}"),
+        ("augment", training_stats.report0("Progress/augment", 0.0), "{:.3f}"),
+    ]
+    distributed.print0("  ".join(f"{name} {fmt.format(value)}" for name, value, fmt in fields))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ----------------------------------------------------------------------------
+# Snapshots, resume and start-up output.
+
+
+class SnapshotGrid:
+    """The fixed reals, latents and labels of the image grids written at start-up and with every snapshot."""
+
+    def __init__(self, c: TrainingConfig, dataset: ImageFolderDataset, device: torch.device):
+        self.c = c
+        self.device = device
+        self.grid = grid_shape(dataset.resolution)
+        rng = np.random.default_rng(c.seed)
+        count = self.grid[0] * self.grid[1]
+        if len(dataset) >= count:
+            indices = rng.permutation(len(dataset))[:count]
+        else:  # A dataset smaller than the grid repeats images.
+            indices = rng.integers(len(dataset), size=count)
+        if dataset.has_labels:  # Group the grid by label so conditional runs show one class per run of images.
+            indices = sorted(indices, key=lambda i: int(np.argmax(dataset.get_label(i))))
+        self.dataset = dataset
+        self.indices = list(indices)
+        generator = torch.Generator().manual_seed(c.seed)
+        self.z = torch.randn([count, c.z_dim], generator=generator)
+        self.labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in self.indices]))
+
+    def save_reals(self) -> None:
+        """Write reals.png (rank 0)."""
+        if distributed.is_main():
+            images = np.stack([self.dataset[i][0] for i in self.indices])
+            save_image_grid(images, os.path.join(self.c.run_dir, "reals.png"), (0, 255), self.grid)
+
+    @torch.no_grad()
+    def save_fakes(self, G_ema: torch.nn.Module, file_name: str) -> None:
+        """Render the fixed latents with G_ema (constant noise) into `file_name` (rank 0)."""
+        if not distributed.is_main():
+            return
+        images = [
+            G_ema(z.to(self.device), c.to(self.device), noise_mode="const").cpu()
+            for z, c in zip(self.z.split(self.c.batch_gpu), self.labels.split(self.c.batch_gpu), strict=True)
+        ]
+        save_image_grid(torch.cat(images).numpy(), os.path.join(self.c.run_dir, file_name), (-1, 1), self.grid)
+
+
+def save_snapshot(
+    c: TrainingConfig,
+    G: torch.nn.Module,
+    D: torch.nn.Module,
+    ema: GeneratorEma,
+    phases: list[PhaseRunner],
+    loss: StyleGAN2Loss,
+    progress: Progress,
+    grid: SnapshotGrid,
+) -> None:
+    """Write fakesKKKKKK.png, network-snapshot-KKKKKK.pkl and training-state-KKKKKK.pt (rank 0)."""
+    if not distributed.is_main():
+        return
+    kimg = progress.cur_nimg // 1000
+    grid.save_fakes(ema.module, f"fakes{kimg:06d}.png")
+    snapshot_path = checkpoint.snapshot_path(c.run_dir, kimg)
+    checkpoint.save_snapshot(snapshot_path, G, D, ema.module, None, training_set_kwargs(c))
+    optimizers = {runner.phase.network: runner.opt for runner in phases}
+    state = {
+        "G": G.state_dict(),
+        "D": D.state_dict(),
+        "G_ema": ema.state_dict(),
+        "G_opt": optimizers["G"].state_dict(),
+        "D_opt": optimizers["D"].state_dict(),
+        "loss": loss.state_dict(),
+        "progress": progress.state_dict(),
+    }
+    checkpoint.save_state(checkpoint.state_path(c.run_dir, kimg), state)
+    print(f"Saved {os.path.basename(snapshot_path)} and its training state.")
+
+
+def resume(
+    c: TrainingConfig,
+    G: torch.nn.Module,
+    D: torch.nn.Module,
+    ema: GeneratorEma,
+    phases: list[PhaseRunner],
+    loss: StyleGAN2Loss,
+    progress: Progress,
+) -> bool:
+    """Load the training state or snapshot weights `c` names, if any. Returns whether counters carried over."""
+    if c.resume_state is not None:
+        distributed.print0(f"Continuing from {c.resume_state}")
+        state = checkpoint.load_state(c.resume_state, map_location=next(G.parameters()).device)
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        ema.load_state_dict(state["G_ema"])
+        optimizers = {runner.phase.network: runner.opt for runner in phases}
+        optimizers["G"].load_state_dict(state["G_opt"])
+        optimizers["D"].load_state_dict(state["D_opt"])
+        loss.load_state_dict(state["loss"])
+        progress.load_state_dict(state["progress"])
+        return True
+    if c.resume_pkl is not None:
+        distributed.print0(f"Starting from the weights of {c.resume_pkl} (no training state: kimg starts at 0)")
+        snapshot = checkpoint.load_snapshot(c.resume_pkl)
+        for name, module in [("G", G), ("D", D), ("G_ema", ema.module)]:
+            try:
+                misc.copy_params_and_buffers(snapshot[name], module, require_all=True)
+            except ValueError as error:
+                raise ValueError(
+                    f"{c.resume_pkl}: its {name} does not match this run's architecture ({error}). Resuming across "
+                    f"resolutions or configurations is not yet supported."
+                ) from error
+    return False
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Make every rank's parameters and buffers equal to rank 0's."""
+    if distributed.is_distributed():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            torch.distributed.broadcast(tensor.data, src=0)
+
+
+def print_summaries(
+    G: torch.nn.Module, D: torch.nn.Module, c: TrainingConfig, dataset: ImageFolderDataset, device: torch.device
+) -> None:
+    """Print the layer tables of G and D once, at the start of a new run (rank 0)."""
+    if not distributed.is_main():
+        return
+    z = torch.zeros([c.batch_gpu, G.z_dim], device=device)
+    labels = torch.zeros([c.batch_gpu, dataset.label_dim], device=device)
+    with torch.no_grad():
+        img = misc.print_module_summary(G, [z, labels])
+        misc.print_module_summary(D, [img, labels])
+
+
+def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
+    """Create the run directory and training_options.json on rank 0 (unless continuing in place); every rank
+    returns the config with `run_dir` set."""
+    if distributed.is_main():
+        if c.run_dir is None or not os.path.isdir(c.run_dir):
+            c = dataclasses.replace(c, run_dir=next_run_dir(c))
+            os.makedirs(c.run_dir)
+        checkpoint.atomic_write(
+            os.path.join(c.run_dir, "training_options.json"), lambda f: f.write(c.to_json().encode())
+        )
+    if distributed.is_distributed():
+        shared = [c]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        c = shared[0]
+    return c
+
+
+def next_run_dir(c: TrainingConfig) -> str:
+    """outdir/NNNNN-<cfg>-<data>-gpus<N>-batch<B>-gamma<G>[-desc], numbered after the existing runs."""
+    existing = [name for name in os.listdir(c.outdir)] if os.path.isdir(c.outdir) else []
+    numbers = [int(m.group(1)) for m in (re.match(r"^(\d+)-", name) for name in existing) if m]
+    data_name = os.path.splitext(os.path.basename(os.path.normpath(c.data)))[0]
+    desc = f"{c.cfg}-{data_name}-gpus{c.gpus}-batch{c.batch_size}-gamma{c.gamma:g}"
+    if c.desc:
+        desc += f"-{c.desc}"
+    return os.path.join(c.outdir, f"{max(numbers, default=-1) + 1:05d}-{desc}")
+
+
+def run(c: TrainingConfig) -> None:
+    """Entry point of every process: set up the run directory, then train."""
+    c = prepare_run_dir(c)
+    training_loop(c)
