@@ -138,6 +138,27 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path, data):
     assert float(a["loss"]["pl_mean"]) > 0 and torch.allclose(a["loss"]["pl_mean"], b["loss"]["pl_mean"])
 
 
+def test_torchrun_launch(tmp_path, data):
+    outdir = tmp_path / "runs"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
+        f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=0.016", "--tick=1",
+        "--workers=0",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Training options:") == 1  # Only rank 0 prints.
+    [run_dir] = run_dirs(outdir)
+    assert run_dir.name.startswith("00000-stylegan2-shapes8-gpus2-batch8")
+    assert load_final_state(run_dir)["progress"]["cur_nimg"] == 16
+
+    # --gpus must match the number of processes torchrun started.
+    command[command.index("--gpus=2")] = "--gpus=4"
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "torchrun started 2 processes" in result.stdout + result.stderr
+
+
 def test_resume_from_a_snapshot_pickle(tmp_path, data):
     outdir = tmp_path / "runs"
     common = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=1", "--workers=0"]

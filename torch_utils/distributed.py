@@ -41,8 +41,10 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
-    """This process's global rank; 0 without a process group."""
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    """This process's global rank: the process group's, else torchrun's RANK variable (before `init`), else 0."""
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def get_world_size() -> int:
