@@ -53,12 +53,12 @@ def load_final_state(run_dir: Path) -> dict:
     return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
 
 
-def assert_states_close(a: dict, b: dict, atol: float) -> None:
+def assert_states_close(a: dict, b: dict, atol: float, rtol: float = 0.0) -> None:
     assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
     for net in ["G", "D", "G_ema"]:
         assert a[net].keys() == b[net].keys()
         for name in a[net]:
-            torch.testing.assert_close(a[net][name], b[net][name], atol=atol, rtol=0, msg=f"{net}.{name}")
+            torch.testing.assert_close(a[net][name], b[net][name], atol=atol, rtol=rtol, msg=f"{net}.{name}")
 
 
 def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
@@ -134,7 +134,8 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path, data):
     assert two.name.startswith("00000-stylegan2-shapes8-gpus2-batch8")
     a, b = load_final_state(one), load_final_state(two)
     assert a["progress"]["step"] == 4
-    assert_states_close(a, b, atol=1e-5)
+    # Only the order of float additions differs (all-reduce vs accumulation): a few ulps, relative to the value.
+    assert_states_close(a, b, atol=1e-6, rtol=1e-5)
     assert float(a["loss"]["pl_mean"]) > 0 and torch.allclose(a["loss"]["pl_mean"], b["loss"]["pl_mean"])
 
 
