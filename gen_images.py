@@ -11,6 +11,7 @@ import torch
 
 import dnnlib
 from training import checkpoint
+from training.networks_stylegan3 import make_transform
 
 
 def load_generator(network: str, device: torch.device) -> torch.nn.Module:
@@ -35,6 +36,43 @@ def class_labels(G: torch.nn.Module, class_idx: int | None, device: torch.device
         raise click.ClickException(f"--class={class_idx} is out of range: the network has classes 0..{G.c_dim - 1}")
     label[:, class_idx] = 1
     return label
+
+
+def parse_grid(value: str | tuple[int, int]) -> tuple[int, int]:
+    """'4x2' -> (4, 2): columns and rows."""
+    if isinstance(value, tuple):
+        return value
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise click.BadParameter(f"expected COLUMNSxROWS such as 4x2, got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def set_input_transform(G: torch.nn.Module, translate: tuple[float, float], rotate_deg: float) -> None:
+    """Translate (in image widths) and rotate (degrees) a StyleGAN3 image through its input transform."""
+    transform = getattr(getattr(G.synthesis, "input", None), "transform", None)
+    if transform is None:
+        raise click.ClickException(
+            f"--translate and --rotate need a StyleGAN3 network (one with an input transform); this is a "
+            f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
+        )
+    matrix = np.linalg.inv(make_transform(translate, rotate_deg))  # The buffer maps output to input coordinates.
+    transform.copy_(torch.from_numpy(matrix))
+
+
+def check_scale(G: torch.nn.Module, scale: float) -> None:
+    """Refuse --scale for networks with a fixed output size, and scales that do not give whole pixels."""
+    if not getattr(G.synthesis, "supports_any_scale", False):
+        raise click.ClickException(
+            f"--scale needs a network that renders at any resolution (--cfg=creps); this is a "
+            f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
+        )
+    size = scale * G.img_resolution
+    if abs(size - round(size)) > 1e-6 or round(size) < 1:
+        raise click.ClickException(
+            f"--scale={scale:g} gives {size:g} pixels at the training resolution {G.img_resolution}; pick a scale "
+            f"that gives whole pixels (a multiple of 1/{G.img_resolution})"
+        )
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -62,6 +100,14 @@ def save_png(array: np.ndarray, path: str) -> None:
     show_default=True,
     help="Noise mode.",
 )
+@click.option(
+    "--translate", metavar="X,Y", type=dnnlib.util.parse_vec2, help="Translate, in image widths (StyleGAN3)."
+)
+@click.option("--rotate", "rotate_deg", metavar="DEG", type=float, help="Rotate, in degrees (StyleGAN3).")
+@click.option(
+    "--scale", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True),
+    help="Render at this multiple of the training resolution (CREPS).",
+)  # fmt: skip
 @click.option("--outdir", metavar="DIR", type=click.Path(file_okay=False), required=True, help="Where to save PNGs.")
 @click.option(
     "--device", "device_name", metavar="DEVICE", default=None, help="Torch device  [default: cuda if available]."
@@ -72,6 +118,9 @@ def main(
     truncation_psi: float,
     class_idx: int | None,
     noise_mode: str,
+    translate: tuple[float, float] | None,
+    rotate_deg: float | None,
+    scale: float | None,
     outdir: str,
     device_name: str | None,
 ) -> None:
@@ -80,19 +129,31 @@ def main(
     Examples:
 
     \b
-    python gen_images.py --network=runs/00000-stylegan2-shapes-64-gpus1-batch32-gamma0.8/network-snapshot-000100.pkl \\
+    python gen_images.py --network=runs/00000-stylegan2-shapes-32-gpus1-batch16-gamma0.05/network-snapshot-000004.pkl \\
         --seeds=0-9 --trunc=0.7 --outdir=out
+    \b
+    # StyleGAN3: shift by a quarter of the image width and rotate by 10 degrees.
+    python gen_images.py --network=sg3.pkl --seeds=0 --translate=0.25,0 --rotate=10 --outdir=out
+    \b
+    # CREPS: render at twice the training resolution.
+    python gen_images.py --network=creps.pkl --seeds=0-3 --scale=2 --outdir=out
     """
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     G = load_generator(network_pkl, device)
     label = class_labels(G, class_idx, device)
+    if translate is not None or rotate_deg is not None:
+        set_input_transform(G, translate or (0.0, 0.0), rotate_deg or 0.0)
+    synthesis_kwargs = dict(noise_mode=noise_mode)
+    if scale is not None:
+        check_scale(G, scale)
+        synthesis_kwargs["scale"] = scale
     os.makedirs(outdir, exist_ok=True)
     for seed in seeds:
         if seed < 0 or seed >= 2**32:
             raise click.ClickException(f"--seeds: {seed} is outside 0..4294967295")
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).to(device)
         with torch.no_grad():
-            img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+            img = G(z, label, truncation_psi=truncation_psi, **synthesis_kwargs)
         path = os.path.join(outdir, f"seed{seed:04d}.png")
         save_png(to_uint8(img), path)
         click.echo(f"Saved {path}")

@@ -29,6 +29,10 @@ def build_config(opts: dnnlib.EasyDict) -> TrainingConfig:
     if not distributed.under_torchrun() and torch.cuda.is_available() and gpus > torch.cuda.device_count():
         raise click.ClickException(f"--gpus={gpus} but this machine has {torch.cuda.device_count()} CUDA devices")
 
+    mult = preset.G_channel_mult
+    G_kwargs = dict(channel_base=opts.cbase * mult, channel_max=opts.cmax * mult, **preset.G_kwargs)
+    if preset.magnitude_ema:
+        G_kwargs["magnitude_ema_beta"] = 0.5 ** (opts.batch / 20_000)
     c = TrainingConfig(
         outdir=opts.outdir,
         cfg=opts.cfg,
@@ -50,6 +54,10 @@ def build_config(opts: dnnlib.EasyDict) -> TrainingConfig:
         gamma=opts.gamma,
         style_mixing_prob=preset.style_mixing_prob,
         pl_weight=preset.pl_weight,
+        G_reg_interval=preset.G_reg_interval,
+        G_kwargs=G_kwargs,
+        blur_init_sigma=preset.blur_init_sigma,
+        blur_fade_kimg=opts.batch * preset.blur_fade_kimg_per_32 / 32,
         ema_kimg=opts.batch * 10 / 32,
         aug=opts.aug,
         p=opts.p,

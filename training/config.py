@@ -9,25 +9,37 @@ from typing import Any
 
 import torch
 
-from training import networks_stylegan2
+from training import networks_stylegan2, networks_stylegan3
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """What a `--cfg` value sets: the networks and the published hyper-parameters that go with them."""
+    """What a `--cfg` value sets: the generator and the published hyper-parameters that go with it."""
 
     G_class: type[torch.nn.Module]  # Generator class; D is the StyleGAN2 discriminator for every preset.
     map_depth: int  # Mapping network layers unless --map-depth is given.
     glr: float  # G learning rate unless --glr is given.
-    style_mixing_prob: float  # Probability of mixing two latents in a generated sample.
-    pl_weight: float  # Path length regularization weight; 0 disables it.
+    style_mixing_prob: float = 0.0  # Probability of mixing two latents in a generated sample.
+    pl_weight: float = 0.0  # Path length regularization weight; 0 disables it.
+    G_reg_interval: int = 0  # Run path length regularization every this many G steps; 0: no separate phase.
+    G_channel_mult: int = 1  # G uses --cbase and --cmax times this.
+    G_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # Further generator options.
+    magnitude_ema: bool = False  # G tracks layer input magnitudes with decay 0.5 ** (batch / 20k) per step.
+    blur_init_sigma: float = 0.0  # Blur the images D sees with this sigma (pixels) at the start...
+    blur_fade_kimg_per_32: float = 0.0  # ...fading out over batch / 32 times this many kimg.
 
 
-# The published training configurations (StyleGAN3 repository's train.py for stylegan2).
+# The published training configurations (the StyleGAN3 and CREPS repositories' train.py).
 PRESETS: dict[str, Preset] = {
+    "stylegan3-t": Preset(G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True),
+    "stylegan3-r": Preset(
+        G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True, G_channel_mult=2,
+        G_kwargs=dict(conv_kernel=1, use_radial_filters=True), blur_init_sigma=10, blur_fade_kimg_per_32=200,
+    ),  # fmt: skip
     "stylegan2": Preset(
-        G_class=networks_stylegan2.Generator, map_depth=8, glr=0.002, style_mixing_prob=0.9, pl_weight=2.0
-    ),
+        G_class=networks_stylegan2.Generator, map_depth=8, glr=0.002, style_mixing_prob=0.9, pl_weight=2.0,
+        G_reg_interval=4,
+    ),  # fmt: skip
 }
 
 # Options that change what is computed. Continuing a run in place (--resume=RUN_DIR / latest) must keep them.
@@ -66,6 +78,7 @@ class TrainingConfig:
     map_depth: int = 8  # Mapping network layers.
     mbstd_group: int = 4  # Minibatch standard deviation group size.
     fp32: bool = False  # Disable mixed precision (float16 in the 4 highest resolutions with clamp 256).
+    G_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # Generator options beyond the above.
 
     # Optimization.
     glr: float = 0.002  # G learning rate.
@@ -79,6 +92,8 @@ class TrainingConfig:
     pl_decay: float = 0.01  # Decay of the running path length mean.
     G_reg_interval: int = 4  # Lazy regularization: path length every this many G steps; 0 fuses it in.
     D_reg_interval: int = 16  # Lazy regularization: R1 every this many D steps; 0 fuses it in.
+    blur_init_sigma: float = 0.0  # Blur the images D sees with this sigma (pixels) at the start; 0: no blur.
+    blur_fade_kimg: float = 0.0  # Fade the blur out over this many kimg.
     ema_kimg: float = 10.0  # Half-life of G's exponential moving average, in kimg (batch * 10 / 32).
     ema_rampup: float | None = 0.05  # EMA half-life is at most this fraction of the images seen; None: no ramp-up.
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from torch_utils import distributed, training_stats
+from torch_utils.ops import upfirdn2d
 
 
 class Phase(enum.Enum):
@@ -56,6 +57,8 @@ class StyleGAN2Loss:
         pl_weight: float = 0.0,
         pl_batch_shrink: int = 2,
         pl_decay: float = 0.01,
+        blur_init_sigma: float = 0.0,
+        blur_fade_kimg: float = 0.0,
     ):
         """
         Args:
@@ -66,6 +69,8 @@ class StyleGAN2Loss:
             pl_weight:         Path length regularization weight; 0 disables it.
             pl_batch_shrink:   Regularize path length on batch / pl_batch_shrink samples to save compute.
             pl_decay:          Decay of the running mean of path lengths (the target `a` in the paper's Eq. 4).
+            blur_init_sigma:   Blur every image D sees with a Gaussian of this sigma (pixels) at the start.
+            blur_fade_kimg:    Fade the blur linearly to zero over this many kimg (StyleGAN3 paper, Section 5).
         """
         self.G = G
         self.D = D
@@ -75,6 +80,9 @@ class StyleGAN2Loss:
         self.pl_weight = pl_weight
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
+        self.blur_init_sigma = blur_init_sigma
+        self.blur_fade_kimg = blur_fade_kimg
+        self.blur_sigma = 0.0  # The current blur, set by accumulate_gradients from the image count.
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
         # Path lengths seen during the current step: [sum, count], folded into pl_mean by end_phase().
@@ -95,7 +103,12 @@ class StyleGAN2Loss:
         return img, ws
 
     def run_D(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
-        """Logits [N, 1] of D on (augmented) images."""
+        """Logits [N, 1] of D on (blurred, augmented) images."""
+        blur_size = int(np.floor(self.blur_sigma * 3))
+        if blur_size > 0:
+            taps = torch.arange(-blur_size, blur_size + 1, device=img.device, dtype=torch.float32)
+            kernel = (-(taps / self.blur_sigma).square()).exp2()  # Gaussian, written as 2^(-x^2 / sigma^2).
+            img = upfirdn2d.filter2d(img, kernel / kernel.sum())
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
         return self.D(img, c, update_emas=update_emas)
@@ -108,6 +121,7 @@ class StyleGAN2Loss:
         gen_z: torch.Tensor,
         gen_c: torch.Tensor,
         gain: float,
+        cur_nimg: int = 0,
         update_emas: bool = True,
     ) -> None:
         """Back-propagate `gain` times the mean loss of `phase` over this chunk into the networks' .grad.
@@ -119,8 +133,11 @@ class StyleGAN2Loss:
             gen_z:       Latents [N, z_dim] for the generated images.
             gen_c:       Labels [N, c_dim] for the generated images.
             gain:        Multiplier of the chunk's mean loss: the lazy interval times the chunk's share of the batch.
+            cur_nimg:    Real images shown so far, which sets the blur's fade.
             update_emas: Let the D phase update G's tracked statistics (the average w) with this chunk.
         """
+        fade = max(1 - cur_nimg / (self.blur_fade_kimg * 1000), 0) if self.blur_fade_kimg > 0 else 0
+        self.blur_sigma = fade * self.blur_init_sigma
         if phase.network == "G":
             if phase.has_main:
                 self._accumulate_G_main(gen_z, gen_c, gain)

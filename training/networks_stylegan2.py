@@ -129,14 +129,22 @@ class FullyConnectedLayer(torch.nn.Module):
         bias: bool = True,
         activation: str = "linear",
         lr_multiplier: float = 1.0,
-        bias_init: float = 0.0,
+        weight_init: float = 1.0,
+        bias_init: float | list[float] = 0.0,
     ):
+        """
+        Args:
+            lr_multiplier: Scales the effective learning rate: weights are stored divided by it.
+            weight_init:   Standard deviation of the initial (effective, He-scaled) weights; 0 starts at zero.
+            bias_init:     Initial bias, a scalar or one value per output feature.
+        """
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation
-        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = torch.nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) * (weight_init / lr_multiplier))
+        bias_values = torch.broadcast_to(torch.as_tensor(bias_init, dtype=torch.float32), [out_features])
+        self.bias = torch.nn.Parameter(bias_values / lr_multiplier) if bias else None
         self.weight_gain = lr_multiplier / np.sqrt(in_features)
         self.bias_gain = lr_multiplier
 

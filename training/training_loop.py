@@ -214,7 +214,7 @@ def run_phase(
     labels: torch.Tensor,
     z_dim: int,
     c: TrainingConfig,
-    step: int,
+    progress: Progress,
 ) -> None:
     """Accumulate one phase's gradients over this rank's rounds, reduce them over ranks and take the step."""
     rank, world = distributed.get_rank(), distributed.get_world_size()
@@ -222,13 +222,15 @@ def run_phase(
     runner.opt.zero_grad(set_to_none=True)
     gain = runner.interval * c.batch_gpu / c.batch_size  # The chunks' mean losses add up to the batch mean.
     for round_index, (real_img, real_c) in enumerate(reals):
-        torch.manual_seed(chunk_seed(c.seed, step, phase_index, round_index * world + rank))
+        torch.manual_seed(chunk_seed(c.seed, progress.step, phase_index, round_index * world + rank))
         gen_z = torch.randn([c.batch_gpu, z_dim], device=real_img.device)
         gen_c = labels[torch.randint(len(labels), [c.batch_gpu], device=labels.device)]
-        # G's average w advances once per step, from each rank's first round, whatever the number of rounds.
+        # G's tracked averages (w, layer magnitudes) advance once per step, from each rank's first round,
+        # whatever the number of rounds.
         loss.accumulate_gradients(
-            runner.phase, real_img, real_c, gen_z, gen_c, gain=gain, update_emas=(round_index == 0)
-        )
+            runner.phase, real_img, real_c, gen_z, gen_c, gain=gain, cur_nimg=progress.cur_nimg,
+            update_emas=(round_index == 0),
+        )  # fmt: skip
     reduce_gradients(runner.module, runner.phase.network)
     runner.opt.step()
     loss.end_phase(runner.phase)
@@ -252,14 +254,10 @@ def training_loop(c: TrainingConfig) -> None:
     G, D, G_ema = build_networks(c, dataset, device)
     phases = build_phases(c, G, D)
     loss = StyleGAN2Loss(
-        G,
-        D,
-        r1_gamma=c.gamma,
-        style_mixing_prob=c.style_mixing_prob,
-        pl_weight=c.pl_weight,
-        pl_batch_shrink=c.pl_batch_shrink,
-        pl_decay=c.pl_decay,
-    )
+        G, D, r1_gamma=c.gamma, style_mixing_prob=c.style_mixing_prob, pl_weight=c.pl_weight,
+        pl_batch_shrink=c.pl_batch_shrink, pl_decay=c.pl_decay, blur_init_sigma=c.blur_init_sigma,
+        blur_fade_kimg=c.blur_fade_kimg,
+    )  # fmt: skip
     ema = GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup)
     progress = Progress()
     continuing = resume(c, G, D, ema, phases, loss, progress)
@@ -282,7 +280,7 @@ def training_loop(c: TrainingConfig) -> None:
         reals = [next(data) for _ in range(c.rounds)]
         for phase_index, runner in enumerate(phases):
             if progress.step % runner.interval == 0:
-                run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, progress.step)
+                run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, progress)
         ema.update(G, progress.cur_nimg, c.batch_size)
         progress.cur_nimg += c.batch_size
         progress.step += 1
