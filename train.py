@@ -72,10 +72,13 @@ def build_config(opts: dnnlib.EasyDict) -> TrainingConfig:
         resume=opts.resume,
     )
     c = resolve_resume(c)
+    dataset_info = inspect_dataset(c.data)
     try:
-        validate(c, inspect_dataset(c.data))
+        validate(c, dataset_info)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    if c.resume_pkl is not None:
+        check_transfer(c, dataset_info)
     return c
 
 
@@ -89,9 +92,29 @@ def inspect_dataset(path: str) -> dict:
     """Open the dataset as training will, for the checks in `validate`; unreadable data is a ClickException."""
     try:
         with ImageFolderDataset(path, use_labels=True) as dataset:
-            return dict(resolution=dataset.resolution, has_labels=dataset.has_labels, num_images=len(dataset))
+            return dict(
+                resolution=dataset.resolution, num_channels=dataset.num_channels, label_dim=dataset.label_dim,
+                has_labels=dataset.has_labels, num_images=len(dataset),
+            )  # fmt: skip
     except (DatasetError, OSError) as error:
         raise click.ClickException(f"--data={path}: {error}") from None
+
+
+def check_transfer(c: TrainingConfig, dataset_info: dict) -> None:
+    """Refuse --resume=PKL when none of its tensors fits this run's networks (it would silently train from scratch)."""
+    try:
+        snapshot = checkpoint.load_snapshot(c.resume_pkl)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"--resume={c.resume}: {error}") from None
+    label_dim = dataset_info["label_dim"] if c.cond else 0
+    G, D = training_loop.construct_networks(c, dataset_info["resolution"], dataset_info["num_channels"], label_dim)
+    matches = sum(len(training_loop.transfer_weights(snapshot[name], net)[0]) for name, net in [("G", G), ("D", D)])
+    if matches == 0:
+        raise click.ClickException(
+            f"--resume={c.resume}: no tensor of its G or D has the name and shape of one in this run's networks "
+            f"(--cfg={c.cfg}, {dataset_info['resolution']}x{dataset_info['resolution']}, --cbase={c.cbase}, "
+            f"--cmax={c.cmax}); training would start from scratch. Check --cfg, --cbase, --cmax and the snapshot."
+        )
 
 
 def resolve_resume(c: TrainingConfig) -> TrainingConfig:

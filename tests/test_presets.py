@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,15 @@ def test_stylegan3_presets_train_and_render(tmp_path, data, cfg):
         assert options["G_kwargs"]["conv_kernel"] == 1 and options["G_kwargs"]["use_radial_filters"]
         assert options["G_kwargs"]["channel_base"] == 128 and options["G_kwargs"]["channel_max"] == 16
         assert options["blur_init_sigma"] == 10 and options["blur_fade_kimg"] == 4 * 200 / 32
+
+    with open(snapshot, "rb") as f:
+        G = pickle.load(f)["G_ema"]
+    layer = getattr(G.synthesis, G.synthesis.layer_names[0])
+    assert layer.magnitude_ema_beta == pytest.approx(0.5 ** (4 / 20000))
+    if cfg == "stylegan3-r":  # 1x1 convolutions, radial filters, doubled channels.
+        assert layer.conv_kernel == 1 and layer.down_filter.ndim == 2 and layer.out_channels == 16
+    else:
+        assert layer.conv_kernel == 3 and layer.down_filter.ndim == 1 and layer.out_channels == 8
 
     out = tmp_path / "out"
     run_script("gen_images.py", f"--network={snapshot}", "--seeds=0", f"--outdir={out / 'plain'}", cwd=tmp_path)

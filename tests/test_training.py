@@ -191,7 +191,7 @@ def test_resume_from_a_snapshot_pickle(tmp_path, data):
         (["--batch=8", "--batch-gpu=2"], "--batch-gpu=2 is smaller than --mbstd-group=4"),
         (["--cond=1", "--data=UNLABELLED"], "--cond=1 needs labels"),
         (["--aug=ada"], "--aug=ada is not yet supported"),
-        (["--freezed=2"], "--freezed is not yet supported"),
+        (["--cbase=4"], "--cbase=4 is below the resolution 8"),
         (["--metrics=fid50k_full"], "--metrics=fid50k_full is not yet supported"),
         (["--tick=0.5", "--snap=1"], "below 1 kimg"),
         (["--data=MISSING"], "--data="),

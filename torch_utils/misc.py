@@ -100,20 +100,23 @@ def named_params_and_buffers(module: torch.nn.Module) -> list[tuple[str, torch.T
 
 
 def copy_params_and_buffers(
-    src_module: torch.nn.Module, dst_module: torch.nn.Module, require_all: bool = False
+    src_module: torch.nn.Module, dst_module: torch.nn.Module, require_all: bool = False, skip_mismatched: bool = False
 ) -> list[str]:
     """Copy every parameter and buffer of `dst_module` whose name also exists in `src_module`.
 
     Args:
-        src_module:  Where the values come from.
-        dst_module:  Where they go; its tensors keep their device, dtype and requires_grad.
-        require_all: Raise if some tensor of `dst_module` has no counterpart in `src_module`.
+        src_module:      Where the values come from.
+        dst_module:      Where they go; its tensors keep their device, dtype and requires_grad.
+        require_all:     Raise if some tensor of `dst_module` has no counterpart in `src_module`.
+        skip_mismatched: Leave tensors whose shapes differ between the two alone instead of raising (transfer
+                         learning across resolutions or channel counts).
 
     Returns:
         The names that were copied.
 
     Raises:
-        ValueError: a name exists in both with different shapes, or `require_all` and names are missing.
+        ValueError: a name exists in both with different shapes (unless `skip_mismatched`), or `require_all` and
+                    names are missing.
     """
     src_tensors = dict(named_params_and_buffers(src_module))
     dst_tensors = named_params_and_buffers(dst_module)
@@ -125,6 +128,8 @@ def copy_params_and_buffers(
         for name, dst in dst_tensors:
             src = src_tensors.get(name)
             if src is None:
+                continue
+            if src.shape != dst.shape and skip_mismatched:
                 continue
             if src.shape != dst.shape:
                 raise ValueError(

@@ -33,11 +33,21 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "stylegan3-t": Preset(G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True),
     "stylegan3-r": Preset(
-        G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True, G_channel_mult=2,
-        G_kwargs=dict(conv_kernel=1, use_radial_filters=True), blur_init_sigma=10, blur_fade_kimg_per_32=200,
+        G_class=networks_stylegan3.Generator,
+        map_depth=2,
+        glr=0.0025,
+        magnitude_ema=True,
+        G_channel_mult=2,
+        G_kwargs=dict(conv_kernel=1, use_radial_filters=True),
+        blur_init_sigma=10,
+        blur_fade_kimg_per_32=200,
     ),  # fmt: skip
     "stylegan2": Preset(
-        G_class=networks_stylegan2.Generator, map_depth=8, glr=0.002, style_mixing_prob=0.9, pl_weight=2.0,
+        G_class=networks_stylegan2.Generator,
+        map_depth=8,
+        glr=0.002,
+        style_mixing_prob=0.9,
+        pl_weight=2.0,
         G_reg_interval=4,
     ),  # fmt: skip
 }
@@ -172,8 +182,6 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
         raise ConfigError(f"--batch-gpu={c.batch_gpu} must be a multiple of --mbstd-group={c.mbstd_group}")
     if c.aug != "noaug":
         raise ConfigError(f"--aug={c.aug} is not yet supported (augmentation is still being built); use --aug=noaug")
-    if c.freezed != 0:
-        raise ConfigError("--freezed is not yet supported (transfer learning is still being built); omit it")
     if c.metrics:
         raise ConfigError(
             f"--metrics={','.join(c.metrics)} is not yet supported (metrics are still being built); use --metrics=none"
@@ -189,3 +197,12 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
         resolution = dataset_info["resolution"]
         if resolution < 8 or resolution & (resolution - 1):
             raise ConfigError(f"{c.data} has {resolution}x{resolution} images; training needs a power of two >= 8")
+        if c.cbase < resolution:
+            raise ConfigError(
+                f"--cbase={c.cbase} is below the resolution {resolution}: layers at resolution r get cbase / r "
+                f"channels, which would be 0; raise --cbase"
+            )
+        # D has fromrgb, conv0, conv1 and skip in its first block and conv0, conv1, skip in each later one.
+        num_d_layers = 3 * (int(resolution).bit_length() - 3) + 1
+        if c.freezed > num_d_layers:
+            raise ConfigError(f"--freezed={c.freezed}, but D has only {num_d_layers} layers at {resolution}px")

@@ -822,6 +822,15 @@ class Discriminator(torch.nn.Module):
             channels[4], cmap_dim=cmap_dim, resolution=4, conv_clamp=conv_clamp, **(epilogue_kwargs or {})
         )
 
+    def layer_names(self) -> list[str]:
+        """The convolution layers in the order an image passes them (b256.fromrgb, b256.conv0, b256.conv1,
+        b256.skip, b128.conv0, ...): the layers `--freezed=N` counts, first N frozen (Mo et al. 2020, FreezeD)."""
+        names = []
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            names += [f"b{res}.{layer}" for layer in ("fromrgb", "conv0", "conv1", "skip") if hasattr(block, layer)]
+        return names
+
     def forward(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False, **block_kwargs) -> torch.Tensor:
         """Images [N, C, R, R] and labels [N, c_dim] -> logits [N, 1] (positive means real).
 

@@ -54,6 +54,7 @@ class PhaseRunner:
 
     phase: Phase
     module: torch.nn.Module
+    params: list[torch.nn.Parameter]  # The parameters it trains (frozen layers excluded).
     opt: torch.optim.Optimizer
     interval: int  # Runs on steps divisible by this; the lazy regularization interval, or 1.
 
@@ -113,49 +114,52 @@ def training_set_kwargs(c: TrainingConfig) -> dict:
     return dict(path=c.data, use_labels=c.cond, xflip=c.mirror, max_size=None, random_seed=c.seed)
 
 
+def construct_networks(
+    c: TrainingConfig, resolution: int, num_channels: int, label_dim: int
+) -> tuple[torch.nn.Module, Discriminator]:
+    """G (per the preset and c.G_kwargs) and the StyleGAN2 D for images of the given shape, on the CPU."""
+    precision = dict(num_fp16_res=0 if c.fp32 else 4, conv_clamp=None if c.fp32 else 256)
+    G = c.preset.G_class(
+        z_dim=c.z_dim, c_dim=label_dim, w_dim=c.w_dim, img_resolution=resolution, img_channels=num_channels,
+        mapping_kwargs=dict(num_layers=c.map_depth), **precision, **c.G_kwargs,
+    )  # fmt: skip
+    D = Discriminator(
+        c_dim=label_dim, img_resolution=resolution, img_channels=num_channels, channel_base=c.cbase,
+        channel_max=c.cmax, epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group), **precision,
+    )  # fmt: skip
+    return G, D
+
+
 def build_networks(c: TrainingConfig, dataset: ImageFolderDataset, device: torch.device):
     """Construct G, D and G_ema for the dataset's resolution, channels and labels, identically on every rank."""
     torch.manual_seed(c.seed)
-    common = dict(
-        channel_base=c.cbase, channel_max=c.cmax, num_fp16_res=0 if c.fp32 else 4, conv_clamp=None if c.fp32 else 256
-    )
-    G = c.preset.G_class(
-        z_dim=c.z_dim,
-        c_dim=dataset.label_dim,
-        w_dim=c.w_dim,
-        img_resolution=dataset.resolution,
-        img_channels=dataset.num_channels,
-        mapping_kwargs=dict(num_layers=c.map_depth),
-        **common,
-    )
-    D = Discriminator(
-        c_dim=dataset.label_dim,
-        img_resolution=dataset.resolution,
-        img_channels=dataset.num_channels,
-        epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group),
-        **common,
-    )
+    G, D = construct_networks(c, dataset.resolution, dataset.num_channels, dataset.label_dim)
     G = G.train().requires_grad_(False).to(device)
     D = D.train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval()
     return G, D, G_ema
 
 
-def build_phases(c: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module) -> list[PhaseRunner]:
-    """Gmain, Greg, Dmain, Dreg with lazy regularization (or Gboth, Dboth without), each with its Adam."""
+def build_phases(c: TrainingConfig, G: torch.nn.Module, D: Discriminator) -> list[PhaseRunner]:
+    """Gmain, Greg, Dmain, Dreg with lazy regularization (or Gboth, Dboth without), each with its Adam.
+
+    The first `c.freezed` layers of D are left out of its optimizer and never receive gradients.
+    """
+    frozen = tuple(name + "." for name in D.layer_names()[: c.freezed])
     runners = []
     for name, module, lr, reg_interval in [("G", G, c.glr, c.G_reg_interval), ("D", D, c.dlr, c.D_reg_interval)]:
+        params = [p for param_name, p in module.named_parameters() if not param_name.startswith(frozen)]
         if reg_interval == 0:
-            opt = torch.optim.Adam(module.parameters(), lr=lr, betas=c.betas, eps=c.eps)
-            runners.append(PhaseRunner(Phase[name + "both"], module, opt, interval=1))
+            opt = torch.optim.Adam(params, lr=lr, betas=c.betas, eps=c.eps)
+            runners.append(PhaseRunner(Phase[name + "both"], module, params, opt, interval=1))
             continue
         # Lazy regularization (paper, Section 3.1): the main phase runs reg_interval / (reg_interval + 1) of the
         # updates, so its learning rate and betas are adjusted to keep the same effective schedule.
         ratio = reg_interval / (reg_interval + 1)
         betas = tuple(beta**ratio for beta in c.betas)
-        opt = torch.optim.Adam(module.parameters(), lr=lr * ratio, betas=betas, eps=c.eps)
-        runners.append(PhaseRunner(Phase[name + "main"], module, opt, interval=1))
-        runners.append(PhaseRunner(Phase[name + "reg"], module, opt, interval=reg_interval))
+        opt = torch.optim.Adam(params, lr=lr * ratio, betas=betas, eps=c.eps)
+        runners.append(PhaseRunner(Phase[name + "main"], module, params, opt, interval=1))
+        runners.append(PhaseRunner(Phase[name + "reg"], module, params, opt, interval=reg_interval))
     return runners
 
 
@@ -218,7 +222,8 @@ def run_phase(
 ) -> None:
     """Accumulate one phase's gradients over this rank's rounds, reduce them over ranks and take the step."""
     rank, world = distributed.get_rank(), distributed.get_world_size()
-    runner.module.requires_grad_(True)
+    for param in runner.params:
+        param.requires_grad_(True)
     runner.opt.zero_grad(set_to_none=True)
     gain = runner.interval * c.batch_gpu / c.batch_size  # The chunks' mean losses add up to the batch mean.
     for round_index, (real_img, real_c) in enumerate(reals):
@@ -234,7 +239,8 @@ def run_phase(
     reduce_gradients(runner.module, runner.phase.network)
     runner.opt.step()
     loss.end_phase(runner.phase)
-    runner.module.requires_grad_(False)
+    for param in runner.params:
+        param.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------
@@ -444,14 +450,19 @@ def resume(
         distributed.print0(f"Starting from the weights of {c.resume_pkl} (no training state: kimg starts at 0)")
         snapshot = checkpoint.load_snapshot(c.resume_pkl)
         for name, module in [("G", G), ("D", D), ("G_ema", ema.module)]:
-            try:
-                misc.copy_params_and_buffers(snapshot[name], module, require_all=True)
-            except ValueError as error:
-                raise ValueError(
-                    f"{c.resume_pkl}: its {name} does not match this run's architecture ({error}). Resuming across "
-                    f"resolutions or configurations is not yet supported."
-                ) from error
+            copied, left = transfer_weights(snapshot[name], module)
+            report = f"{name}: copied {len(copied)} of {len(copied) + len(left)} tensors"
+            if left:
+                report += f"; left at their initialization: {', '.join(left[:6])}" + (", ..." if len(left) > 6 else "")
+            distributed.print0(report)
     return False
+
+
+def transfer_weights(src: torch.nn.Module, dst: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Copy the tensors of `src` whose name and shape exist in `dst`; return the copied and the other names."""
+    copied = misc.copy_params_and_buffers(src, dst, skip_mismatched=True)
+    left = [name for name, _ in misc.named_params_and_buffers(dst) if name not in set(copied)]
+    return copied, left
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
