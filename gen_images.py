@@ -100,9 +100,7 @@ def save_png(array: np.ndarray, path: str) -> None:
     show_default=True,
     help="Noise mode.",
 )
-@click.option(
-    "--translate", metavar="X,Y", type=dnnlib.util.parse_vec2, help="Translate, in image widths (StyleGAN3)."
-)
+@click.option("--translate", metavar="X,Y", type=dnnlib.util.parse_vec2, help="Translate, in image widths (StyleGAN3).")
 @click.option("--rotate", "rotate_deg", metavar="DEG", type=float, help="Rotate, in degrees (StyleGAN3).")
 @click.option(
     "--scale", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True),

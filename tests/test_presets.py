@@ -106,3 +106,25 @@ def test_translate_is_refused_for_stylegan2(tmp_path, data):
     assert frames.shape[0] == 2 * 4  # 6 seeds over 3 cells: 2 keyframes, 4 frames each.
     assert frames.shape[3] == 3 and frames.std() > 0
     assert os.listdir(video.parent) == ["lerp.mp4"]  # No temporary file left behind.
+
+
+def test_creps_preset_trains_and_renders_at_any_scale(tmp_path, data):
+    snapshot = train_two_ticks("creps", data, tmp_path / "runs")
+    options = json.loads(next((tmp_path / "runs").glob("*/training_options.json")).read_text())
+    assert options["glr"] == 0.002 and options["pl_weight"] == 2 and options["G_reg_interval"] == 4
+    assert options["G_kwargs"]["channel_base"] == 128 and options["G_kwargs"]["channel_max"] == 16
+
+    out = tmp_path / "out"
+    for scale, size in [("0.5", 4), ("1", 8), ("1.5", 12), ("2", 16)]:
+        run_script(
+            "gen_images.py", f"--network={snapshot}", "--seeds=3", f"--scale={scale}", f"--outdir={out / scale}",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert read_png(out / scale / "seed0003.png").shape == (size, size, 3)
+    runner = CliRunner()
+    result = runner.invoke(gen_images.main, [f"--network={snapshot}", "--seeds=0", "--scale=1.3", f"--outdir={out}"])
+    assert result.exit_code != 0 and "gives 10.4 pixels" in result.output
+    result = runner.invoke(
+        gen_images.main, [f"--network={snapshot}", "--seeds=0", "--translate=0.1,0", f"--outdir={out}"]
+    )
+    assert result.exit_code != 0 and "need a StyleGAN3 network" in result.output

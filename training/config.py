@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from training import networks_stylegan2, networks_stylegan3
+from training import networks_creps, networks_stylegan2, networks_stylegan3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,9 @@ class Preset:
 
 # The published training configurations (the StyleGAN3 and CREPS repositories' train.py).
 PRESETS: dict[str, Preset] = {
+    "creps": Preset(
+        G_class=networks_creps.Generator, map_depth=8, glr=0.002, pl_weight=2.0, G_reg_interval=4, G_channel_mult=2
+    ),
     "stylegan3-t": Preset(G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True),
     "stylegan3-r": Preset(
         G_class=networks_stylegan3.Generator,
