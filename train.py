@@ -17,9 +17,18 @@ from training.config import FIXED_WHEN_CONTINUING, PRESETS, ConfigError, Trainin
 from training.dataset import DatasetError, ImageFolderDataset
 
 
-def build_config(opts: dnnlib.EasyDict) -> TrainingConfig:
-    """Turn the command-line options into a validated TrainingConfig; bad input raises click.ClickException."""
+def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> TrainingConfig:
+    """Turn the command-line options into a validated TrainingConfig; bad input raises click.ClickException.
+
+    Args:
+        opts:  The parsed options.
+        given: Names of the options the user typed (the others have their defaults).
+    """
     preset = PRESETS[opts.cfg]
+    if "p" in given and opts.aug != "fixed":
+        raise click.ClickException(f"--p sets the probability of --aug=fixed; with --aug={opts.aug} it has no effect")
+    if "target" in given and opts.aug != "ada":
+        raise click.ClickException(f"--target is the goal of --aug=ada; with --aug={opts.aug} it has no effect")
     gpus = opts.gpus
     if distributed.under_torchrun() and int(os.environ["WORLD_SIZE"]) != gpus:
         raise click.ClickException(
@@ -72,6 +81,10 @@ def build_config(opts: dnnlib.EasyDict) -> TrainingConfig:
         resume=opts.resume,
     )
     c = resolve_resume(c)
+    if c.resume_pkl is not None:
+        # Fine-tuning from a snapshot's weights (the published recipe): ADA reacts 5x faster, the EMA half-life
+        # does not ramp up, and StyleGAN3-R's blur starts off.
+        c = dataclasses.replace(c, ada_kimg=100, ema_rampup=None, blur_init_sigma=0.0)
     dataset_info = inspect_dataset(c.data)
     try:
         validate(c, dataset_info)
@@ -315,23 +328,31 @@ def main(**kwargs) -> None:
     # Train StyleGAN2 on the built-in demo dataset, on the CPU or one GPU.
     python dataset_tool.py --source=demo:shapes --dest=datasets/shapes-64.zip --resolution=64x64
     python train.py --outdir=runs --cfg=stylegan2 --data=datasets/shapes-64.zip --gpus=1 --batch=32 \\
-        --gamma=0.8 --aug=noaug --metrics=none
+        --gamma=0.8 --metrics=none
 
     \b
-    # Eight GPUs on one machine; continue the newest run after an interruption.
-    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
-        --gamma=1 --aug=noaug --metrics=none
-    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
-        --gamma=1 --aug=noaug --metrics=none --resume=latest
+    # CREPS on 8 GPUs with x-flips; continue the newest run after an interruption.
+    python train.py --outdir=runs --cfg=creps --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
+        --gamma=1 --mirror=1 --metrics=none
+    python train.py --outdir=runs --cfg=creps --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
+        --gamma=1 --mirror=1 --metrics=none --resume=latest
+
+    \b
+    # Fine-tune StyleGAN3-R from a snapshot with FreezeD.
+    python train.py --outdir=runs --cfg=stylegan3-r --data=datasets/metfaces-256.zip --gpus=8 --batch=32 \\
+        --gamma=6.6 --mirror=1 --freezed=10 --metrics=none \\
+        --resume=runs/00002-stylegan3-r-ffhq/network-snapshot-005000.pkl
 
     \b
     # Two machines with eight GPUs each (run on every machine).
     torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py \\
         --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=16 --batch=64 --gamma=1 \\
-        --aug=noaug --metrics=none
+        --metrics=none
     """
     opts = dnnlib.EasyDict(kwargs)
-    config = build_config(opts)
+    context = click.get_current_context()
+    given = {name for name in kwargs if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    config = build_config(opts, given)
     print_config(config)
     if opts.dry_run:
         distributed.print0("Dry run; exiting.")

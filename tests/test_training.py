@@ -105,7 +105,8 @@ def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
 
 
 def test_resume_continues_exactly(tmp_path, data):
-    common = [f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=0.5", "--snap=2", "--workers=0"]
+    # With ADA on, so the augmentation probability, its controller and the augment pipe's draws are covered too.
+    common = [f"--data={data}", *TINY, "--aug=ada", "--gpus=1", "--batch=4", "--tick=0.5", "--snap=2", "--workers=0"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_script("train.py", f"--outdir={straight}", *common, "--kimg=2", cwd=tmp_path)
     run_script("train.py", f"--outdir={split}", *common, "--kimg=1", cwd=tmp_path)
@@ -114,7 +115,10 @@ def test_resume_continues_exactly(tmp_path, data):
 
     [straight_dir], [split_dir] = run_dirs(straight), run_dirs(split)  # Continued in place: still one run.
     assert_states_close(load_final_state(straight_dir), load_final_state(split_dir), atol=1e-6)
-    assert load_final_state(split_dir)["progress"]["cur_nimg"] == 2000
+    final = load_final_state(split_dir)
+    assert final["progress"]["cur_nimg"] == 2000
+    assert float(final["augment_pipe"]["p"]) == float(load_final_state(straight_dir)["augment_pipe"]["p"])
+    assert final["ada"]["num_updates"] == 500 // 4  # One update every 4 steps of 4 images.
     assert (split_dir / "network-snapshot-000002.pkl").is_file()
     log = (split_dir / "log.txt").read_text()
     assert log.count("Training for") == 2  # The continued session appended to the same log.
@@ -190,7 +194,8 @@ def test_resume_from_a_snapshot_pickle(tmp_path, data):
         (["--batch=8", "--batch-gpu=3"], "must be a multiple of --batch-gpu=3"),
         (["--batch=8", "--batch-gpu=2"], "--batch-gpu=2 is smaller than --mbstd-group=4"),
         (["--cond=1", "--data=UNLABELLED"], "--cond=1 needs labels"),
-        (["--aug=ada"], "--aug=ada is not yet supported"),
+        (["--aug=ada", "--p=0.5"], "--p sets the probability of --aug=fixed"),
+        (["--aug=noaug", "--target=0.5"], "--target is the goal of --aug=ada"),
         (["--cbase=4"], "--cbase=4 is below the resolution 8"),
         (["--metrics=fid50k_full"], "--metrics=fid50k_full is not yet supported"),
         (["--tick=0.5", "--snap=1"], "below 1 kimg"),
@@ -261,3 +266,18 @@ def test_gen_images_refuses_bad_class(tmp_path, data):
     assert result.exit_code == 0 and (tmp_path / "o" / "seed0001.png").is_file()
     result = runner.invoke(gen_images.main, [f"--network={tmp_path / 'nope.pkl'}", "--seeds=0", "--outdir=o"])
     assert result.exit_code != 0 and "nope.pkl" in result.output
+
+
+def test_fixed_augmentation_is_applied_logged_and_saved(tmp_path, data):
+    outdir = tmp_path / "runs"
+    run_script(
+        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--aug=fixed", "--p=0.3", "--gpus=1",
+        "--batch=4", "--kimg=0.008", "--tick=1", "--workers=0", cwd=tmp_path,
+    )  # fmt: skip
+    [run_dir] = run_dirs(outdir)
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert stats[-1]["Progress/augment"]["mean"] == pytest.approx(0.3)
+    assert "augment 0.300" in (run_dir / "log.txt").read_text()
+    with open(run_dir / "network-snapshot-000000.pkl", "rb") as f:
+        pipe = pickle.load(f)["augment_pipe"]
+    assert float(pipe.p) == pytest.approx(0.3)

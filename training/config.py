@@ -110,10 +110,12 @@ class TrainingConfig:
     ema_kimg: float = 10.0  # Half-life of G's exponential moving average, in kimg (batch * 10 / 32).
     ema_rampup: float | None = 0.05  # EMA half-life is at most this fraction of the images seen; None: no ramp-up.
 
-    # Augmentation and transfer learning (validated by `validate`).
-    aug: str = "ada"  # Augmentation mode: ada, fixed or noaug.
+    # Augmentation (the 'bgc' pipe of StyleGAN2-ADA) and transfer learning.
+    aug: str = "ada"  # Augmentation mode: ada (adaptive p), fixed (p = --p) or noaug.
     p: float = 0.2  # Augmentation probability for --aug=fixed.
-    target: float = 0.6  # ADA target for the sign of D on reals.
+    target: float = 0.6  # ADA target for E[sign(D(reals))].
+    ada_interval: int = 4  # Adjust p every this many steps.
+    ada_kimg: float = 500  # p can go from 0 to 1 in this many kimg (100 when fine-tuning from a snapshot).
     freezed: int = 0  # Freeze the first this-many layers of D.
 
     # Schedule.
@@ -183,8 +185,8 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
         )
     if c.batch_gpu % c.mbstd_group != 0:
         raise ConfigError(f"--batch-gpu={c.batch_gpu} must be a multiple of --mbstd-group={c.mbstd_group}")
-    if c.aug != "noaug":
-        raise ConfigError(f"--aug={c.aug} is not yet supported (augmentation is still being built); use --aug=noaug")
+    if c.aug not in ("ada", "fixed", "noaug"):
+        raise ConfigError(f"--aug={c.aug} is not supported; choose ada, fixed or noaug")
     if c.metrics:
         raise ConfigError(
             f"--metrics={','.join(c.metrics)} is not yet supported (metrics are still being built); use --metrics=none"

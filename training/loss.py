@@ -87,6 +87,8 @@ class StyleGAN2Loss:
         self.pl_mean = torch.zeros([], device=device)
         # Path lengths seen during the current step: [sum, count], folded into pl_mean by end_phase().
         self._pl_pending = torch.zeros([2], dtype=torch.float64, device=device)
+        # Signs of D's outputs on reals since the last ADA update: [sum, count], read by take_real_sign_mean().
+        self._real_signs = torch.zeros([2], dtype=torch.float64, device=device)
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate images [N, C, H, W] and return them with their ws [N, num_ws, w_dim], with style mixing."""
@@ -195,6 +197,8 @@ class StyleGAN2Loss:
         real_logits = self.run_D(real_img_tmp, real_c)
         training_stats.report("Loss/scores/real", real_logits)
         training_stats.report("Loss/signs/real", real_logits.sign())
+        self._real_signs[0] += real_logits.detach().sign().sum().double()
+        self._real_signs[1] += real_logits.numel()
         loss = torch.zeros_like(real_logits)
         if main:
             loss_Dreal = torch.nn.functional.softplus(-real_logits)
@@ -225,10 +229,33 @@ class StyleGAN2Loss:
             self.pl_mean.copy_(self.pl_mean.lerp(step_mean, self.pl_decay))
         self._pl_pending.zero_()
 
+    def take_real_sign_mean(self) -> float:
+        """The mean sign of D on reals since the previous call, over all ranks (ADA's r_t); resets the count.
+
+        Collective: every rank must call it at the same step.
+        """
+        signs = self._real_signs.clone()
+        if distributed.is_distributed():
+            torch.distributed.all_reduce(signs)
+        self._real_signs.zero_()
+        return float(signs[0] / signs[1]) if signs[1] > 0 else 0.0
+
+    def gather_pending(self) -> None:
+        """Move every rank's pending signs of D on reals to rank 0, so rank 0's state_dict holds them all.
+
+        Collective: call on every rank right before rank 0 saves a training state.
+        """
+        if distributed.is_distributed():
+            torch.distributed.all_reduce(self._real_signs)
+            if not distributed.is_main():
+                self._real_signs.zero_()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The loss's own state for exact resume: the running mean of path lengths."""
-        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+        """The loss's own state for exact resume: the path length mean and the pending signs of D on reals."""
+        return {"pl_mean": self.pl_mean.detach().cpu().clone(), "real_signs": self._real_signs.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what `state_dict` returned."""
         self.pl_mean.copy_(state["pl_mean"])
+        # The saved counts are all ranks' together (see gather_pending); rank 0 alone takes them back.
+        self._real_signs.copy_(state["real_signs"] if distributed.is_main() else torch.zeros_like(self._real_signs))

@@ -21,6 +21,7 @@ import torch
 import dnnlib
 from torch_utils import distributed, misc, training_stats
 from training import checkpoint
+from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import TrainingConfig
 from training.dataset import ImageFolderDataset
 from training.loss import Phase, StyleGAN2Loss
@@ -95,6 +96,54 @@ class GeneratorEma:
         self.module.load_state_dict(state)
 
 
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop updates; its state_dict is the training state saved next to each snapshot."""
+
+    G: torch.nn.Module
+    D: Discriminator
+    ema: GeneratorEma
+    phases: list[PhaseRunner]
+    loss: StyleGAN2Loss
+    progress: Progress
+    augment_pipe: AugmentPipe | None  # None with --aug=noaug.
+    ada: AdaController | None  # None unless --aug=ada.
+
+    def state_dict(self) -> dict:
+        """Networks, optimizers, loss state, augmentation probability and counters."""
+        optimizers = {runner.phase.network: runner.opt for runner in self.phases}
+        state = {
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.ema.state_dict(),
+            "G_opt": optimizers["G"].state_dict(), "D_opt": optimizers["D"].state_dict(),
+            "loss": self.loss.state_dict(), "progress": self.progress.state_dict(),
+        }  # fmt: skip
+        if self.augment_pipe is not None:
+            state["augment_pipe"] = self.augment_pipe.state_dict()
+        if self.ada is not None:
+            state["ada"] = self.ada.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.ema.load_state_dict(state["G_ema"])
+        optimizers = {runner.phase.network: runner.opt for runner in self.phases}
+        optimizers["G"].load_state_dict(state["G_opt"])
+        optimizers["D"].load_state_dict(state["D_opt"])
+        self.loss.load_state_dict(state["loss"])
+        self.progress.load_state_dict(state["progress"])
+        if self.augment_pipe is not None:
+            self.augment_pipe.load_state_dict(state["augment_pipe"])
+        if self.ada is not None:
+            self.ada.load_state_dict(state["ada"])
+
+    @property
+    def augment_p(self) -> float:
+        """The current augmentation probability (0 without augmentation)."""
+        return float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
+
+
 # ----------------------------------------------------------------------------
 # Set-up.
 
@@ -161,6 +210,17 @@ def build_phases(c: TrainingConfig, G: torch.nn.Module, D: Discriminator) -> lis
         runners.append(PhaseRunner(Phase[name + "main"], module, params, opt, interval=1))
         runners.append(PhaseRunner(Phase[name + "reg"], module, params, opt, interval=reg_interval))
     return runners
+
+
+def build_augmentation(c: TrainingConfig, device: torch.device) -> tuple[AugmentPipe | None, AdaController | None]:
+    """The 'bgc' augment pipe of StyleGAN2-ADA and, for --aug=ada, its p controller."""
+    if c.aug == "noaug":
+        return None, None
+    pipe = AugmentPipe(**AUGMENT_PRESETS["bgc"]).train().requires_grad_(False).to(device)
+    if c.aug == "fixed":
+        pipe.p.fill_(c.p)
+        return pipe, None
+    return pipe, AdaController(pipe, target=c.target, interval=c.ada_interval, ada_kimg=c.ada_kimg)
 
 
 def make_data_iterator(c: TrainingConfig, dataset: ImageFolderDataset, start_nimg: int, device: torch.device):
@@ -258,15 +318,16 @@ def training_loop(c: TrainingConfig) -> None:
     dataset = ImageFolderDataset(**training_set_kwargs(c))
     labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])).to(device)
     G, D, G_ema = build_networks(c, dataset, device)
-    phases = build_phases(c, G, D)
+    augment_pipe, ada = build_augmentation(c, device)
     loss = StyleGAN2Loss(
-        G, D, r1_gamma=c.gamma, style_mixing_prob=c.style_mixing_prob, pl_weight=c.pl_weight,
-        pl_batch_shrink=c.pl_batch_shrink, pl_decay=c.pl_decay, blur_init_sigma=c.blur_init_sigma,
-        blur_fade_kimg=c.blur_fade_kimg,
+        G, D, augment_pipe=augment_pipe, r1_gamma=c.gamma, style_mixing_prob=c.style_mixing_prob,
+        pl_weight=c.pl_weight, pl_batch_shrink=c.pl_batch_shrink, pl_decay=c.pl_decay,
+        blur_init_sigma=c.blur_init_sigma, blur_fade_kimg=c.blur_fade_kimg,
     )  # fmt: skip
-    ema = GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup)
-    progress = Progress()
-    continuing = resume(c, G, D, ema, phases, loss, progress)
+    t = Trainer(
+        G, D, GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup), build_phases(c, G, D), loss, Progress(), augment_pipe, ada
+    )
+    continuing = resume(c, t)
     for module in (G, D, G_ema):
         broadcast_module(module)
 
@@ -276,39 +337,39 @@ def training_loop(c: TrainingConfig) -> None:
         print_summaries(G, D, c, dataset, device)
         grid.save_reals()
         grid.save_fakes(G_ema, "fakes_init.png")
-    distributed.print0(f"Training for {c.total_kimg:g} kimg from {progress.cur_nimg / 1000:g} kimg...")
+    distributed.print0(f"Training for {c.total_kimg:g} kimg from {t.progress.cur_nimg / 1000:g} kimg...")
 
-    data = make_data_iterator(c, dataset, progress.cur_nimg, device)
+    data = make_data_iterator(c, dataset, t.progress.cur_nimg, device)
     collector = training_stats.Collector(regex=".*")
     tick_start_time = time.time()
     maintenance_sec = tick_start_time - start_time
     while True:
         reals = [next(data) for _ in range(c.rounds)]
-        for phase_index, runner in enumerate(phases):
-            if progress.step % runner.interval == 0:
-                run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, progress)
-        ema.update(G, progress.cur_nimg, c.batch_size)
-        progress.cur_nimg += c.batch_size
-        progress.step += 1
+        for phase_index, runner in enumerate(t.phases):
+            if t.progress.step % runner.interval == 0:
+                run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, t.progress)
+        if ada is not None and t.progress.step % ada.interval == 0:
+            ada.update(loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
+        t.ema.update(G, t.progress.cur_nimg, c.batch_size)
+        t.progress.cur_nimg += c.batch_size
+        t.progress.step += 1
 
-        done = progress.cur_nimg >= c.total_kimg * 1000
-        tick_end_nimg = progress.tick_start_nimg + c.tick_kimg * 1000
-        if not done and progress.cur_tick != 0 and progress.cur_nimg < tick_end_nimg:
+        done = t.progress.cur_nimg >= c.total_kimg * 1000
+        tick_end_nimg = t.progress.tick_start_nimg + c.tick_kimg * 1000
+        if not done and t.progress.cur_tick != 0 and t.progress.cur_nimg < tick_end_nimg:
             continue
 
         # End of a tick: report, then snapshot every snap_ticks ticks and at the end.
         tick_end_time = time.time()
-        report_tick(progress, tick_start_time, tick_end_time, maintenance_sec, start_time, device)
+        report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device)
         collector.update()
         if log is not None:
-            log.write_stats(collector.as_dict(), progress.cur_nimg / 1000)
-        progress.cur_tick += 1
-        progress.tick_start_nimg = progress.cur_nimg
-        if done or (progress.cur_tick - 1) % c.snap_ticks == 0:
-            progress_to_save = dataclasses.replace(
-                progress, elapsed_sec=progress.elapsed_sec + time.time() - start_time
-            )
-            save_snapshot(c, G, D, ema, phases, loss, progress_to_save, grid)
+            log.write_stats(collector.as_dict(), t.progress.cur_nimg / 1000)
+        t.progress.cur_tick += 1
+        t.progress.tick_start_nimg = t.progress.cur_nimg
+        if done or (t.progress.cur_tick - 1) % c.snap_ticks == 0:
+            loss.gather_pending()
+            save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
         tick_start_time = time.time()
         maintenance_sec = tick_start_time - tick_end_time
         if done:
@@ -320,7 +381,7 @@ def training_loop(c: TrainingConfig) -> None:
 
 
 def report_tick(
-    progress: Progress,
+    t: Trainer,
     tick_start_time: float,
     tick_end_time: float,
     maintenance_sec: float,
@@ -328,6 +389,7 @@ def report_tick(
     device: torch.device,
 ) -> None:
     """Print the tick's status line and report its timings and resources as statistics."""
+    progress = t.progress
     kimg = progress.cur_nimg / 1000
     tick_kimg = (progress.cur_nimg - progress.tick_start_nimg) / 1000
     total_sec = progress.elapsed_sec + tick_end_time - start_time
@@ -343,7 +405,7 @@ def report_tick(
         ("maintenance", training_stats.report0("Timing/maintenance_sec", maintenance_sec), "{:<6.1f}"),
         ("cpumem", training_stats.report0("Resources/cpu_mem_gb", cpu_mem_gb), "{:<6.2f}"),
         ("gpumem", training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem_gb), "{:<6.2f}"),
-        ("augment", training_stats.report0("Progress/augment", 0.0), "{:.3f}"),
+        ("augment", training_stats.report0("Progress/augment", t.augment_p), "{:.3f}"),
     ]
     distributed.print0("  ".join(f"{name} {fmt.format(value)}" for name, value, fmt in fields))
     if device.type == "cuda":
@@ -393,63 +455,34 @@ class SnapshotGrid:
         save_image_grid(torch.cat(images).numpy(), os.path.join(self.c.run_dir, file_name), (-1, 1), self.grid)
 
 
-def save_snapshot(
-    c: TrainingConfig,
-    G: torch.nn.Module,
-    D: torch.nn.Module,
-    ema: GeneratorEma,
-    phases: list[PhaseRunner],
-    loss: StyleGAN2Loss,
-    progress: Progress,
-    grid: SnapshotGrid,
-) -> None:
-    """Write fakesKKKKKK.png, network-snapshot-KKKKKK.pkl and training-state-KKKKKK.pt (rank 0)."""
+def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec: float) -> None:
+    """Write fakesKKKKKK.png, network-snapshot-KKKKKK.pkl and training-state-KKKKKK.pt (rank 0).
+
+    Args:
+        elapsed_sec: Training time of this session so far, added to the saved elapsed time.
+    """
     if not distributed.is_main():
         return
-    kimg = progress.cur_nimg // 1000
-    grid.save_fakes(ema.module, f"fakes{kimg:06d}.png")
+    kimg = t.progress.cur_nimg // 1000
+    grid.save_fakes(t.ema.module, f"fakes{kimg:06d}.png")
     snapshot_path = checkpoint.snapshot_path(c.run_dir, kimg)
-    checkpoint.save_snapshot(snapshot_path, G, D, ema.module, None, training_set_kwargs(c))
-    optimizers = {runner.phase.network: runner.opt for runner in phases}
-    state = {
-        "G": G.state_dict(),
-        "D": D.state_dict(),
-        "G_ema": ema.state_dict(),
-        "G_opt": optimizers["G"].state_dict(),
-        "D_opt": optimizers["D"].state_dict(),
-        "loss": loss.state_dict(),
-        "progress": progress.state_dict(),
-    }
+    checkpoint.save_snapshot(snapshot_path, t.G, t.D, t.ema.module, t.augment_pipe, training_set_kwargs(c))
+    state = t.state_dict()
+    state["progress"]["elapsed_sec"] += elapsed_sec
     checkpoint.save_state(checkpoint.state_path(c.run_dir, kimg), state)
     print(f"Saved {os.path.basename(snapshot_path)} and its training state.")
 
 
-def resume(
-    c: TrainingConfig,
-    G: torch.nn.Module,
-    D: torch.nn.Module,
-    ema: GeneratorEma,
-    phases: list[PhaseRunner],
-    loss: StyleGAN2Loss,
-    progress: Progress,
-) -> bool:
+def resume(c: TrainingConfig, t: Trainer) -> bool:
     """Load the training state or snapshot weights `c` names, if any. Returns whether counters carried over."""
     if c.resume_state is not None:
         distributed.print0(f"Continuing from {c.resume_state}")
-        state = checkpoint.load_state(c.resume_state, map_location=next(G.parameters()).device)
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        ema.load_state_dict(state["G_ema"])
-        optimizers = {runner.phase.network: runner.opt for runner in phases}
-        optimizers["G"].load_state_dict(state["G_opt"])
-        optimizers["D"].load_state_dict(state["D_opt"])
-        loss.load_state_dict(state["loss"])
-        progress.load_state_dict(state["progress"])
+        t.load_state_dict(checkpoint.load_state(c.resume_state, map_location=next(t.G.parameters()).device))
         return True
     if c.resume_pkl is not None:
         distributed.print0(f"Starting from the weights of {c.resume_pkl} (no training state: kimg starts at 0)")
         snapshot = checkpoint.load_snapshot(c.resume_pkl)
-        for name, module in [("G", G), ("D", D), ("G_ema", ema.module)]:
+        for name, module in [("G", t.G), ("D", t.D), ("G_ema", t.ema.module)]:
             copied, left = transfer_weights(snapshot[name], module)
             report = f"{name}: copied {len(copied)} of {len(copied) + len(left)} tensors"
             if left:
