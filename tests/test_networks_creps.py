@@ -87,3 +87,10 @@ def test_rendering_at_scale_2_then_box_downsampling_is_close_to_scale_1():
     # samples and sampling their midpoint differ); a one-pixel misalignment gives several times more.
     assert rel_error < 0.1, rel_error
     assert one_pixel_shift > 3 * rel_error
+
+
+def test_first_block_skip_output_and_first_decoder_are_unused_as_published():
+    G = tiny_G()
+    G(torch.randn(2, 16), None).square().sum().backward()
+    assert G.synthesis.b4.tores.weight.grad is None and G.synthesis.decoder_8[0].weight.grad is None
+    assert G.synthesis.b8.tores.weight.grad is not None and G.synthesis.decoder_16[0].weight.grad is not None

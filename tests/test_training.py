@@ -271,7 +271,7 @@ def test_gen_images_refuses_bad_class(tmp_path, data):
 def test_fixed_augmentation_is_applied_logged_and_saved(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(
-        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--aug=fixed", "--p=0.3", "--gpus=1",
+        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--aug=fixed", "--p=0.3", "--mirror=1", "--gpus=1",
         "--batch=4", "--kimg=0.008", "--tick=1", "--workers=0", cwd=tmp_path,
     )  # fmt: skip
     [run_dir] = run_dirs(outdir)
@@ -279,5 +279,6 @@ def test_fixed_augmentation_is_applied_logged_and_saved(tmp_path, data):
     assert stats[-1]["Progress/augment"]["mean"] == pytest.approx(0.3)
     assert "augment 0.300" in (run_dir / "log.txt").read_text()
     with open(run_dir / "network-snapshot-000000.pkl", "rb") as f:
-        pipe = pickle.load(f)["augment_pipe"]
-    assert float(pipe.p) == pytest.approx(0.3)
+        snapshot = pickle.load(f)
+    assert float(snapshot["augment_pipe"].p) == pytest.approx(0.3)
+    assert snapshot["training_set_kwargs"]["xflip"] is True  # --mirror=1 doubles the dataset with x-flips.

@@ -196,6 +196,10 @@ class LineBlock(torch.nn.Module):
         else:
             x = self.fc0(x.to(dtype), w_first)
         x = self.fc1(x, w_fc1)
+        if self.in_channels == 1:
+            # The published network builds the first block's skip output but never applies it (its w is unused
+            # too); the skip sum starts at the second block. The layer stays so published weights load.
+            return x, res
         y = self.tores(x, w_tores).to(torch.float32)
         res = y if res is None else res + y
         return x, res
@@ -254,6 +258,8 @@ class SynthesisNetwork(torch.nn.Module):
                 fc_clamp=conv_clamp, use_fp16=res >= fp16_res,
             )  # fmt: skip
             setattr(self, f"b{res}", block)
+        # decoder_{r} carries the accumulated pixel features into block r. The first combined features come from
+        # b8, so decoder_8 is never applied; it exists in the published networks and stays for loading them.
         for res in self.block_resolutions[1:]:
             setattr(self, f"decoder_{res}", make_decoder(biline_channels))
         self.decoder_last = make_decoder(biline_channels)
@@ -301,6 +307,8 @@ class SynthesisNetwork(torch.nn.Module):
         x = biline = feature = None
         for res, block_w in zip(self.block_resolutions, self.block_ws(ws), strict=True):
             x, biline = getattr(self, f"b{res}")(x, biline, block_w, size, force_fp32=force_fp32)
+            if biline is None:  # The first block contributes no skip output (see LineBlock).
+                continue
             # Outer product of the row and column halves over the rank: [N, C, L, 2r] -> [N, C, L, L].
             rows, cols = (biline * np.sqrt(0.5)).chunk(2, dim=-1)
             pixels = (rows @ cols.transpose(-2, -1)).permute(0, 2, 3, 1).reshape(-1, self.biline_channels)
