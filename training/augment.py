@@ -261,6 +261,7 @@ def make_band_filters() -> np.ndarray:
     halfband = np.convolve(lowpass, lowpass[::-1])  # [7], symmetric
 
     def dilate(f: np.ndarray, factor: int) -> np.ndarray:
+        """Insert factor - 1 zeros between taps (the filter at `factor` times lower frequencies)."""
         out = np.zeros((len(f) - 1) * factor + 1)
         out[::factor] = f
         return out
