@@ -1,7 +1,9 @@
 """Upsample, pad, FIR-filter and downsample a batch of images in one op (upfirdn2d).
 
 The reference path is composed of plain PyTorch ops, so first and second derivatives come from autograd.
-`impl='cuda'` is accepted for forward compatibility and runs the same reference path until a CUDA kernel lands.
+`impl='cuda'` runs the CUDA kernel (torch_utils/ops/cuda/upfirdn2d.cu) when GANFORGE_CUDA_OPS=1 and x is on a GPU,
+else the reference path; see torch_utils/custom_ops.py. The op is linear in x, so its backward pass is the same
+kernel run transposed, and double backward composes.
 """
 
 from collections.abc import Sequence
@@ -9,9 +11,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from torch_utils import custom_ops
+
 Scaling = int | Sequence[int]  # one factor for both axes, or (x, y)
 Padding = int | Sequence[int]  # p, (px, py) or (x_left, x_right, y_top, y_bottom); negative crops
 IMPLS = ("ref", "cuda")
+_KERNEL_DTYPES = (torch.float16, torch.float32, torch.float64)
 _CPU = torch.device("cpu")  # default device of setup_filter
 
 # ----------------------------------------------------------------------------
@@ -130,12 +135,14 @@ def upfirdn2d(
         padding:     Padding after upsampling: int, (x, y) or (x_left, x_right, y_top, y_bottom).
         flip_filter: Correlate with `f` instead of convolving.
         gain:        Overall scale applied to the output.
-        impl:        'ref' or 'cuda' (runs the reference path until a CUDA kernel lands).
+        impl:        'ref', or 'cuda' for the CUDA kernel where enabled and available (else the reference path).
 
     Returns:
         Tensor [N, C, (H*upy + py0 + py1 - fh) // downy + 1, (W*upx + px0 + px1 - fw) // downx + 1], x's dtype.
     """
     assert impl in IMPLS, f"impl must be one of {IMPLS}, got {impl!r}"
+    if impl == "cuda" and _kernel_applies(x, f):
+        return _upfirdn2d_cuda(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
@@ -149,18 +156,8 @@ def _upfirdn2d_ref(
     gain: float,
 ) -> torch.Tensor:
     """Pure-PyTorch upfirdn2d; see upfirdn2d for the arguments."""
-    assert isinstance(x, torch.Tensor) and x.ndim == 4, f"x must be a 4-D [N, C, H, W] tensor, got {_shape(x)}"
-    assert x.dtype.is_floating_point, f"x must be floating point, got {x.dtype}"
-    upx, upy = _parse_scaling(up)
-    downx, downy = _parse_scaling(down)
-    px0, px1, py0, py1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = _check_args(x, f, up, down, padding)
     _, channels, in_h, in_w = x.shape
-    padded_w, padded_h = in_w * upx + px0 + px1, in_h * upy + py0 + py1
-    assert padded_w >= fw and padded_h >= fh, (
-        f"output would be empty: upsampled and padded input is {padded_h}x{padded_w} (HxW), "
-        f"smaller than the {fh}x{fw} filter"
-    )
 
     # Zero insertion: every up-th sample is an input sample, the rest (trailing ones included) are zero.
     if upx > 1 or upy > 1:
@@ -177,6 +174,25 @@ def _upfirdn2d_ref(
         x = x * gain
 
     return x[:, :, ::downy, ::downx]
+
+
+def _check_args(
+    x: torch.Tensor, f: torch.Tensor | None, up: Scaling, down: Scaling, padding: Padding
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """Check upfirdn2d's arguments; return (upx, upy), (downx, downy) and (px0, px1, py0, py1)."""
+    assert isinstance(x, torch.Tensor) and x.ndim == 4, f"x must be a 4-D [N, C, H, W] tensor, got {_shape(x)}"
+    assert x.dtype.is_floating_point, f"x must be floating point, got {x.dtype}"
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    in_h, in_w = x.shape[2:]
+    padded_w, padded_h = in_w * upx + px0 + px1, in_h * upy + py0 + py1
+    assert padded_w >= fw and padded_h >= fh, (
+        f"output would be empty: upsampled and padded input is {padded_h}x{padded_w} (HxW), "
+        f"smaller than the {fh}x{fw} filter"
+    )
+    return (upx, upy), (downx, downy), (px0, px1, py0, py1)
 
 
 def _depthwise_filter(x: torch.Tensor, f: torch.Tensor, flip_filter: bool, gain: float) -> torch.Tensor:
@@ -197,6 +213,108 @@ def _depthwise_filter(x: torch.Tensor, f: torch.Tensor, flip_filter: bool, gain:
 def _shape(x) -> str:
     """Describe x's shape (or type) for an assertion message."""
     return str(list(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+# ----------------------------------------------------------------------------
+# CUDA kernel path: a torch.library custom op, so torch.compile traces through it and autograd composes.
+
+
+def _kernel_applies(x, f) -> bool:
+    """True when the CUDA kernel is enabled, built, and handles these arguments (else the reference path runs)."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _KERNEL_DTYPES:
+        return False
+    if f is not None and (not isinstance(f, torch.Tensor) or f.requires_grad):  # filter gradients: reference only
+        return False
+    return custom_ops.kernel_for("upfirdn2d", x) is not None
+
+
+def _correlation_weights(f: torch.Tensor | None, flip_filter: bool, like: torch.Tensor) -> torch.Tensor:
+    """The taps the kernel correlates with: f flipped (a true convolution) unless flip_filter, in float32
+    (float64 for a float64 `like`), on like's device; None is the identity [[1]]."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if f is None:
+        return torch.ones([1, 1], dtype=dtype, device=like.device)
+    f = f.to(device=like.device, dtype=dtype)
+    return (f if flip_filter else f.flip(list(range(f.ndim)))).contiguous()
+
+
+def _upfirdn2d_cuda(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: Scaling,
+    down: Scaling,
+    padding: Padding,
+    flip_filter: bool,
+    gain: float,
+) -> torch.Tensor:
+    """upfirdn2d through the CUDA kernel; see upfirdn2d for the arguments."""
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = _check_args(x, f, up, down, padding)
+    w = _correlation_weights(f, flip_filter, x)
+    x = x.contiguous()
+    if w.ndim == 2:
+        return _upfirdn2d_op(x, w, upx, upy, downx, downy, px0, px1, py0, py1, float(gain))
+    # Separable: a [1, taps] pass along the width (with the whole gain), then a [taps, 1] pass along the height,
+    # 2 * taps multiply-adds per output instead of taps**2.
+    x = _upfirdn2d_op(x, w[None, :].contiguous(), upx, 1, downx, 1, px0, px1, 0, 0, float(gain))
+    return _upfirdn2d_op(x, w[:, None].contiguous(), 1, upy, 1, downy, 0, 0, py0, py1, 1.0)
+
+
+def _output_size(size: int, up: int, down: int, pad0: int, pad1: int, taps: int) -> int:
+    """Output length of upfirdn2d along one axis."""
+    return (size * up + pad0 + pad1 - taps) // down + 1
+
+
+@torch.library.custom_op("ganforge::upfirdn2d", mutates_args=())
+def _upfirdn2d_op(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    upx: int,
+    upy: int,
+    downx: int,
+    downy: int,
+    px0: int,
+    px1: int,
+    py0: int,
+    py1: int,
+    gain: float,
+) -> torch.Tensor:
+    """upfirdn2d by the kernel, correlating with the 2-D weights w (already flipped as needed)."""
+    return custom_ops.get_kernel("upfirdn2d").upfirdn2d(x, w, upx, upy, downx, downy, px0, px1, py0, py1, gain)
+
+
+@_upfirdn2d_op.register_fake
+def _(x, w, upx, upy, downx, downy, px0, px1, py0, py1, gain):
+    fh, fw = w.shape
+    out_h = _output_size(x.shape[2], upy, downy, py0, py1, fh)
+    out_w = _output_size(x.shape[3], upx, downx, px0, px1, fw)
+    return x.new_empty([x.shape[0], x.shape[1], out_h, out_w])
+
+
+def _upfirdn2d_setup(ctx, inputs, output) -> None:
+    x, w, *args = inputs
+    ctx.save_for_backward(w)
+    ctx.args = args
+    ctx.in_size = x.shape[2:]
+
+
+def _upfirdn2d_backward(ctx, dy):
+    # The op is linear in x; its transpose zero-inserts dy by `down`, correlates with the flipped weights and
+    # keeps every up-th sample. Padding: output sample i of the transpose must read exactly the dy samples that
+    # input sample i fed, i.e. left padding fw - 1 - px0, and right padding chosen so the result is [H, W] again.
+    (w,) = ctx.saved_tensors
+    upx, upy, downx, downy, px0, _, py0, _, gain = ctx.args
+    (in_h, in_w), (out_h, out_w), (fh, fw) = ctx.in_size, dy.shape[2:], w.shape
+    padding = [
+        fw - 1 - px0,
+        in_w * upx - out_w * downx + px0 - upx + 1,
+        fh - 1 - py0,
+        in_h * upy - out_h * downy + py0 - upy + 1,
+    ]
+    dx = _upfirdn2d_op(dy.contiguous(), w.flip([0, 1]).contiguous(), downx, downy, upx, upy, *padding, gain)
+    return dx, None, None, None, None, None, None, None, None, None, None
+
+
+_upfirdn2d_op.register_autograd(_upfirdn2d_backward, setup_context=_upfirdn2d_setup)
 
 
 # ----------------------------------------------------------------------------
