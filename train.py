@@ -11,6 +11,7 @@ import click
 import torch
 
 import dnnlib
+import metrics
 from torch_utils import distributed
 from training import checkpoint, training_loop
 from training.config import FIXED_WHEN_CONTINUING, PRESETS, ConfigError, TrainingConfig, validate
@@ -78,6 +79,7 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         seed=opts.seed,
         cudnn_benchmark=not opts.nobench,
         metrics=parse_metrics(opts.metrics),
+        detector_dir=opts.detector_dir,
         resume=opts.resume,
     )
     c = resolve_resume(c)
@@ -92,7 +94,16 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         raise click.ClickException(str(error)) from None
     if c.resume_pkl is not None:
         check_transfer(c, dataset_info)
+    check_metrics(c)
     return c
+
+
+def check_metrics(c: TrainingConfig) -> None:
+    """Make sure the detector files of --metrics are at hand (downloading them now), not hours into the run."""
+    try:
+        metrics.check_metrics_available(c.metrics, detector_dir=c.detector_dir)
+    except metrics.MetricError as error:
+        raise click.ClickException(f"--metrics={','.join(c.metrics)}: {error}") from None
 
 
 def parse_metrics(metrics: str) -> list[str]:
@@ -282,6 +293,12 @@ def launch(c: TrainingConfig) -> None:
     help="Quality metrics at each snapshot.",
 )
 @click.option(
+    "--detector-dir",
+    metavar="DIR",
+    type=click.Path(exists=True),
+    help="Folder with the metrics' detector files, for offline machines.",
+)
+@click.option(
     "--kimg",
     metavar="KIMG",
     type=click.FloatRange(min=0, min_open=True),
@@ -325,29 +342,28 @@ def main(**kwargs) -> None:
     Examples:
 
     \b
-    # Train StyleGAN2 on the built-in demo dataset, on the CPU or one GPU.
+    # Train StyleGAN2 on the built-in demo dataset, on the CPU or one GPU (no metrics: 50k images take long on a CPU).
     python dataset_tool.py --source=demo:shapes --dest=datasets/shapes-64.zip --resolution=64x64
     python train.py --outdir=runs --cfg=stylegan2 --data=datasets/shapes-64.zip --gpus=1 --batch=32 \\
         --gamma=0.8 --metrics=none
 
     \b
-    # CREPS on 8 GPUs with x-flips; continue the newest run after an interruption.
+    # CREPS on 8 GPUs with x-flips and FID at every snapshot; continue the newest run after an interruption.
     python train.py --outdir=runs --cfg=creps --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
-        --gamma=1 --mirror=1 --metrics=none
+        --gamma=1 --mirror=1
     python train.py --outdir=runs --cfg=creps --data=datasets/ffhq-256.zip --gpus=8 --batch=64 \\
-        --gamma=1 --mirror=1 --metrics=none --resume=latest
+        --gamma=1 --mirror=1 --resume=latest
 
     \b
-    # Fine-tune StyleGAN3-R from a snapshot with FreezeD.
+    # Fine-tune StyleGAN3-R from a snapshot with FreezeD; FID, KID and rotation equivariance, offline.
     python train.py --outdir=runs --cfg=stylegan3-r --data=datasets/metfaces-256.zip --gpus=8 --batch=32 \\
-        --gamma=6.6 --mirror=1 --freezed=10 --metrics=none \\
+        --gamma=6.6 --mirror=1 --freezed=10 --metrics=fid50k_full,kid50k_full,eqr50k --detector-dir=detectors \\
         --resume=runs/00002-stylegan3-r-ffhq/network-snapshot-005000.pkl
 
     \b
     # Two machines with eight GPUs each (run on every machine).
     torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py \\
-        --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=16 --batch=64 --gamma=1 \\
-        --metrics=none
+        --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=16 --batch=64 --gamma=1
     """
     opts = dnnlib.EasyDict(kwargs)
     context = click.get_current_context()

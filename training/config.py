@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+import metrics
 from training import networks_creps, networks_stylegan2, networks_stylegan3
 
 
@@ -124,7 +125,8 @@ class TrainingConfig:
     snap_ticks: int = 50  # Snapshot interval, in ticks.
     seed: int = 0  # Random seed of initialization, data order and every sampled latent.
     cudnn_benchmark: bool = True  # Let cuDNN pick the fastest convolution algorithms.
-    metrics: list[str] = dataclasses.field(default_factory=list)  # Metrics evaluated at every snapshot.
+    metrics: list[str] = dataclasses.field(default_factory=list)  # Metrics evaluated at every snapshot; [] none.
+    detector_dir: str | None = None  # Folder searched for metric detector files first; None: the download cache.
 
     # Resume.
     resume: str | None = None  # What --resume said: a snapshot pickle or URL, a run directory, or "latest".
@@ -187,10 +189,16 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
         raise ConfigError(f"--batch-gpu={c.batch_gpu} must be a multiple of --mbstd-group={c.mbstd_group}")
     if c.aug not in ("ada", "fixed", "noaug"):
         raise ConfigError(f"--aug={c.aug} is not supported; choose ada, fixed or noaug")
-    if c.metrics:
-        raise ConfigError(
-            f"--metrics={','.join(c.metrics)} is not yet supported (metrics are still being built); use --metrics=none"
-        )
+    for name in c.metrics:
+        try:
+            spec = metrics.get_metric(name)
+        except metrics.UnknownMetricError as error:
+            raise ConfigError(f"--metrics: {error}, or none") from None
+        if spec.needs_input_transform and c.preset.G_class is not networks_stylegan3.Generator:
+            raise ConfigError(
+                f"--metrics={name} measures the equivariance of StyleGAN3 generators; --cfg={c.cfg} has none. "
+                f"Use --cfg=stylegan3-t or stylegan3-r, or drop {name}"
+            )
     if c.snap_ticks * c.tick_kimg < 1:
         raise ConfigError(
             f"--tick={c.tick_kimg} times --snap={c.snap_ticks} is below 1 kimg; snapshots are named by kimg, so "

@@ -57,6 +57,14 @@ class RunLog:
                 self._tensorboard.add_scalar(name, value["mean"], global_step=int(global_step_kimg), walltime=walltime)
             self._tensorboard.flush()
 
+    def write_scalars(self, scalars: dict[str, float], global_step_kimg: float) -> None:
+        """Log scalars (e.g. metric results) to TensorBoard at the given kimg; a no-op without tensorboard."""
+        if self._tensorboard is not None:
+            walltime = time.time()
+            for name, value in scalars.items():
+                self._tensorboard.add_scalar(name, value, global_step=int(global_step_kimg), walltime=walltime)
+            self._tensorboard.flush()
+
     def close(self) -> None:
         """Restore the console streams and close the files."""
         sys.stdout, sys.stderr = self._saved_streams

@@ -25,6 +25,7 @@ from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import TrainingConfig
 from training.dataset import ImageFolderDataset
 from training.loss import Phase, StyleGAN2Loss
+from training.metric_runner import MetricRunner
 from training.networks_stylegan2 import Discriminator
 from training.run_log import RunLog, grid_shape, save_image_grid
 
@@ -333,6 +334,7 @@ def training_loop(c: TrainingConfig) -> None:
 
     log = RunLog(c.run_dir) if distributed.is_main() else None
     grid = SnapshotGrid(c, dataset, device)
+    metric_runner = MetricRunner(c.metrics, training_set_kwargs(c), c.run_dir, device, c.detector_dir, c.workers, log)
     if not continuing:
         print_summaries(G, D, c, dataset, device)
         grid.save_reals()
@@ -369,7 +371,8 @@ def training_loop(c: TrainingConfig) -> None:
         t.progress.tick_start_nimg = t.progress.cur_nimg
         if done or (t.progress.cur_tick - 1) % c.snap_ticks == 0:
             loss.gather_pending()
-            save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
+            snapshot_pkl = save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
+            metric_runner.evaluate(t.ema.module, snapshot_pkl, t.progress.cur_nimg / 1000)
         tick_start_time = time.time()
         maintenance_sec = tick_start_time - tick_end_time
         if done:
@@ -455,22 +458,26 @@ class SnapshotGrid:
         save_image_grid(torch.cat(images).numpy(), os.path.join(self.c.run_dir, file_name), (-1, 1), self.grid)
 
 
-def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec: float) -> None:
+def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec: float) -> str:
     """Write fakesKKKKKK.png, network-snapshot-KKKKKK.pkl and training-state-KKKKKK.pt (rank 0).
 
     Args:
         elapsed_sec: Training time of this session so far, added to the saved elapsed time.
+
+    Returns:
+        The snapshot's path (on every rank).
     """
-    if not distributed.is_main():
-        return
     kimg = t.progress.cur_nimg // 1000
-    grid.save_fakes(t.ema.module, f"fakes{kimg:06d}.png")
     snapshot_path = checkpoint.snapshot_path(c.run_dir, kimg)
+    if not distributed.is_main():
+        return snapshot_path
+    grid.save_fakes(t.ema.module, f"fakes{kimg:06d}.png")
     checkpoint.save_snapshot(snapshot_path, t.G, t.D, t.ema.module, t.augment_pipe, training_set_kwargs(c))
     state = t.state_dict()
     state["progress"]["elapsed_sec"] += elapsed_sec
     checkpoint.save_state(checkpoint.state_path(c.run_dir, kimg), state)
     print(f"Saved {os.path.basename(snapshot_path)} and its training state.")
+    return snapshot_path
 
 
 def resume(c: TrainingConfig, t: Trainer) -> bool:
