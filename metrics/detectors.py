@@ -38,7 +38,8 @@ class DetectorSpec:
 
 # Inception-v3 as TensorFlow's 2015-12-05 graph, translated to TorchScript; the FID/KID/IS numbers of the
 # StyleGAN papers were measured with it. `det(uint8 [N, 3, H, W], return_features=True)` -> [N, 2048] pool
-# features; `det(img, no_output_bias=True)` -> [N, 1008] logits. It resizes its input to 299x299 itself.
+# features; `det(img, no_output_bias=True)` -> [N, 1008] class probabilities (softmax of the logits computed
+# without the output bias). It resizes its input to 299x299 itself.
 INCEPTION = DetectorSpec(
     description="Inception-v3 (TorchScript translation of the 2015-12-05 TensorFlow graph)",
     urls=(

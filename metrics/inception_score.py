@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from metrics.detectors import INCEPTION
 from metrics.features import MetricContext, generated_features
 from metrics.registry import register_metric
 
 
-def inception_score(logits: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
+def inception_score(probs: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) over consecutive splits of the samples; mean and std over the splits.
 
     Args:
-        logits:     Class logits [N, K]; p(y|x) is their softmax, p(y) its mean over the split.
+        probs:      Class probabilities p(y|x) [N, K] (the detector's softmax output); p(y) is their mean over
+                    the split.
         num_splits: Number of equal consecutive splits (the last ones are one shorter when N is not divisible).
 
     Returns:
         (mean, standard deviation) of the per-split scores.
     """
-    probs = torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=1).numpy()
+    probs = np.asarray(probs, dtype=np.float64)
     scores = []
     for split in np.array_split(probs, num_splits):
         marginal = split.mean(axis=0, keepdims=True)  # p(y) [1, K]
+        # A probability that underflowed to 0 contributes 0 * log(0) = 0; the floor keeps that from becoming nan.
         kl = (split * (np.log(np.maximum(split, 1e-30)) - np.log(np.maximum(marginal, 1e-30)))).sum(axis=1)
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
@@ -32,7 +33,8 @@ def inception_score(logits: np.ndarray, num_splits: int = 10) -> tuple[float, fl
 @register_metric(num_gen=50_000, uses_reals=False, detectors=(INCEPTION,))
 def is50k(ctx: MetricContext) -> dict[str, float]:
     """Inception score of 50k generated images, 10 splits."""
-    # The 1008 logits without the output bias, as the original TensorFlow implementation computed the score.
+    # The softmax over 1008 classes computed without the output bias, as the original TensorFlow implementation
+    # computed the score.
     gen = generated_features(ctx, INCEPTION, keep="features", num_items=ctx.num_gen, no_output_bias=True)
     mean, std = inception_score(gen["features"], num_splits=10)
     return {"is50k_mean": mean, "is50k_std": std}

@@ -101,12 +101,18 @@ def test_precision_recall_of_disjoint_and_identical_sets():
 
 
 def test_inception_score_of_uniform_and_confident_predictions():
-    mean, std = inception_score(np.zeros([100, 1008]), num_splits=10)
+    mean, std = inception_score(np.full([100, 1008], 1 / 1008), num_splits=10)
     assert mean == pytest.approx(1.0) and std == pytest.approx(0.0, abs=1e-12)
-    confident = np.full([1000, 10], -1e3)
-    confident[np.arange(1000), np.arange(1000) % 10] = 1e3  # Every split sees all 10 classes equally often.
+    confident = np.zeros([1000, 10])
+    confident[np.arange(1000), np.arange(1000) % 10] = 1  # Every split sees all 10 classes equally often.
     mean, _std = inception_score(confident, num_splits=10)
     assert mean == pytest.approx(10.0, rel=1e-6)
+    # Against exp(mean KL) written out per sample, on random distributions in 2 splits.
+    probs = np.random.default_rng(0).dirichlet(np.full(5, 0.3), size=40)
+    expected = [
+        np.exp(np.mean([np.sum(p * np.log(p / part.mean(axis=0))) for p in part])) for part in (probs[:20], probs[20:])
+    ]
+    assert inception_score(probs, num_splits=2) == pytest.approx((np.mean(expected), np.std(expected)), rel=1e-9)
 
 
 def test_sliced_wasserstein_of_equal_and_shifted_sets():
@@ -199,7 +205,7 @@ class StandInDetector(torch.nn.Module):
             return features / features.square().sum(dim=1, keepdim=True).sqrt()
         if return_features:
             return stats @ self.projection
-        return stats @ self.logit_projection * 4
+        return torch.softmax(stats @ self.logit_projection * 4, dim=1)  # Probabilities, as the published file.
 '''
 
 

@@ -185,7 +185,7 @@ def _filtered_lrelu_op(
     flip_filter: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, mask) by the kernel; mask is uint8 [N, C, mid_h, mid_w]: 0 negative, 1 positive, 2 clamped."""
-    wu, wd = (_correlation_weights(_as_2d(f), flip_filter, x) for f in (fu, fd))
+    wu, wd = (_as_2d(_correlation_weights(f, flip_filter, x)).contiguous() for f in (fu, fd))
     kernel = custom_ops.get_kernel("filtered_lrelu")
     y, mask = kernel.filtered_lrelu(x, b, wu, wd, up, down, px0, px1, py0, py1, gain, slope, clamp)
     return y, mask
