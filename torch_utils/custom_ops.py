@@ -57,9 +57,16 @@ def kernel_for(name: str, *tensors: torch.Tensor) -> ModuleType | None:
     Returns None (meaning: use the reference path) when the kernels are off, a tensor is on the CPU, or the
     build failed; the first failure warns once.
     """
-    if not kernels_enabled() or not all(t.is_cuda for t in tensors):
+    if not kernels_enabled() or not all(t.is_cuda for t in tensors) or not kernel_available(name):
         return None
     return get_kernel(name)
+
+
+@torch.compiler.assume_constant_result
+def kernel_available(name: str) -> bool:
+    """Whether kernel `name` builds (building it on the first call); torch.compile records the answer as a
+    constant instead of tracing into the build."""
+    return get_kernel(name) is not None
 
 
 def arch_list() -> str | None:
