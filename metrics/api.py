@@ -118,7 +118,7 @@ def calc_metric(
 
 
 def _locate_detectors(spec: MetricSpec, detector_dir: str | None, device: torch.device) -> dict:
-    """Detector files of `spec`: rank 0 finds or downloads them first, then the other ranks read the cache."""
+    """Detector files of `spec`: rank 0 finds or downloads them first, then the other ranks (maybe from its cache)."""
     if not spec.detectors:
         return {}
     needed = needed_detectors([spec])
@@ -133,7 +133,8 @@ def _locate_detectors(spec: MetricSpec, detector_dir: str | None, device: torch.
         raise error
     if not ok:
         raise detectors.DetectorUnavailableError("Rank 0 could not get the detector files; see its error message")
-    return paths if distributed.is_main() else detectors.require(needed, detector_dir, download=False)
+    # The other ranks find rank 0's download on shared storage, or download it to their machine's cache.
+    return paths if distributed.is_main() else detectors.require(needed, detector_dir)
 
 
 def report_metric(result: dict[str, Any], run_dir: str | None = None, snapshot_pkl: str | None = None) -> None:

@@ -91,6 +91,15 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on every rank."""
+    if not distributed.is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def gather_rows(local: torch.Tensor, positions: np.ndarray, total: int) -> torch.Tensor:
     """Assemble every rank's rows into one [total, ...] tensor, on every rank.
 
@@ -385,11 +394,12 @@ def cached_dataset_stats(
         compute:   Collective function that computes {name: array} on every rank.
     """
     path = stats_cache_path(ctx, kind, max_items, params) if ctx.cache else None
-    if path is not None and broadcast_flag(distributed.is_main() and os.path.isfile(path), ctx.device):
+    # Every rank must see the file (machines of a multi-node run may have separate caches), else all compute.
+    if path is not None and all_ranks(os.path.isfile(path), ctx.device):
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
     stats = compute()
-    if path is not None and distributed.is_main():
+    if path is not None and distributed.get_local_rank() == 0:  # One writer per machine; the rename is atomic.
         write_npz_atomically(path, stats)
     return stats
 

@@ -7,7 +7,7 @@ as the detectors see it, as floats) is decomposed into a Laplacian pyramid with 
 level when the images are 16x16 or smaller); the coarsest level is the Gaussian level itself. From every level,
 128 random 7x7 patches per image become descriptors [3 * 7 * 7]. Each level's descriptors are normalized per
 channel (mean and standard deviation over the set, real and generated separately). The distance per level is
-the mean, over 4 repeats of 512 random unit directions, of the 1-D Wasserstein-1 distance between the projected
+the mean, over 4 repeats of 128 random unit directions, of the 1-D Wasserstein-1 distance between the projected
 descriptor sets (mean absolute difference of the sorted projections), times 1e3. Reported: each level
 (`swd_<resolution>`) and their average (`swd`).
 """
@@ -37,7 +37,7 @@ NUM_IMAGES = 16384  # Images of each kind (2^14).
 PATCH_SIZE = 7  # Side of a descriptor patch, in pixels.
 PATCHES_PER_IMAGE = 128  # Random patches per image and level.
 COARSEST_RESOLUTION = 16  # The pyramid stops at this resolution.
-NUM_DIRECTIONS = 512  # Random projections per repeat.
+NUM_DIRECTIONS = 128  # Random projections per repeat (512 in all, as in the progressive GAN evaluation).
 NUM_REPEATS = 4  # Repeats of the projections, averaged.
 DIRECTION_CHUNK = 64  # Directions projected at once (memory: descriptors x chunk floats).
 
@@ -143,7 +143,7 @@ def normalize_per_channel(descriptors: torch.Tensor, channels: int) -> torch.Ten
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int) -> float:
-    """Mean 1-D Wasserstein-1 distance of a [M, D] and b [M, D] over 4 x 512 random unit projections.
+    """Mean 1-D Wasserstein-1 distance of a [M, D] and b [M, D] over 4 x 128 random unit projections.
 
     The directions are split over ranks (every rank holds both sets) and the sums combined.
     """
@@ -153,13 +153,14 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int) -> float:
     chunk_index = 0
     for _repeat in range(NUM_REPEATS):
         directions = torch.randn([a.shape[1], NUM_DIRECTIONS], generator=generator)
-        directions = (directions / directions.norm(dim=0, keepdim=True)).to(a.device)  # [D, 512] unit columns
+        directions = (directions / directions.norm(dim=0, keepdim=True)).to(a.device)  # [D, 128] unit columns
         for start in range(0, NUM_DIRECTIONS, DIRECTION_CHUNK):
             if chunk_index % distributed.get_world_size() == distributed.get_rank():
                 chunk = directions[:, start : start + DIRECTION_CHUNK]
-                projected_a = (a @ chunk).sort(dim=0).values  # [M, chunk]
-                projected_b = (b @ chunk).sort(dim=0).values
-                total += (projected_a - projected_b).abs().mean(dim=0).sum(dtype=torch.float64)
+                # Sorting along the last, contiguous axis is about twice as fast as along the first.
+                projected_a = (chunk.T @ a.T).sort(dim=1).values  # [chunk, M]
+                projected_b = (chunk.T @ b.T).sort(dim=1).values
+                total += (projected_a - projected_b).abs().mean(dim=1).sum(dtype=torch.float64)
             chunk_index += 1
     return all_reduce_sum(total).item() / (NUM_REPEATS * NUM_DIRECTIONS)
 
