@@ -5,7 +5,7 @@ Three groups:
   * The Python side of the kernel path on CPU, with a stand-in for the compiled modules that implements each
     kernel's contract (documented in torch_utils/ops/cuda/*.h) from the reference ops: checks the custom ops'
     autograd (transposed paddings, derivative orders, the stored mask) with gradcheck in float64.
-  * The kernels themselves (`pytest -m cuda tests/test_ops_cuda.py`, skipped without a GPU): each op against
+  * The kernels themselves (`pytest -n0 -m cuda tests/test_ops_cuda.py`, skipped without a GPU): each op against
     its reference over the reference tests' grids of options, values and gradients, float32 and float16, with
     the output buffers poisoned with NaN first.
 """
@@ -277,7 +277,7 @@ def test_fake_implementations_give_the_real_shapes(stand_in):
 
 
 # ----------------------------------------------------------------------------
-# The kernels on a GPU: pytest -m cuda tests/test_ops_cuda.py
+# The kernels on a GPU: pytest -n0 -m cuda tests/test_ops_cuda.py
 
 
 @pytest.fixture

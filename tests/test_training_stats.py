@@ -15,6 +15,7 @@ from torch_utils import distributed, training_stats
 def test_collector_mean_std_num_over_intervals():
     recorder = training_stats.StatsRecorder()
     collector = training_stats.Collector(regex="Loss/.*", recorder=recorder)
+    dropping = training_stats.Collector(regex="Loss/.*", keep_previous=False, recorder=recorder)
     values = np.array([1.0, 2.0, 4.0, 7.0])
     recorder.report("Loss/G", torch.tensor(values[:2]))
     recorder.report("Loss/G", values[2:])
@@ -32,7 +33,6 @@ def test_collector_mean_std_num_over_intervals():
     assert collector.num("Loss/G") == 1 and collector.mean("Loss/G") == 10.0 and collector.std("Loss/G") == 0.0
 
     # No reports: keep_previous keeps the last interval's value, keep_previous=False drops it.
-    dropping = training_stats.Collector(regex="Loss/.*", keep_previous=False, recorder=recorder)
     dropping.update()
     assert dropping.num("Loss/G") == 5
     collector.update()
@@ -95,3 +95,12 @@ def test_collector_reduces_across_two_ranks():
         assert stats["Loss/shared"]["std"] == pytest.approx(shared.std())
         assert stats["Loss/only_rank1"] == {"num": 1, "mean": 4.0, "std": 0.0}
         assert stats["Loss/rank0"] == {"num": 1, "mean": 1.0, "std": 0.0}
+
+
+def test_a_new_collector_ignores_earlier_reports():
+    recorder = training_stats.StatsRecorder()
+    recorder.report("Loss/x", 100.0)  # Before the collector exists, e.g. an earlier run in this process.
+    collector = training_stats.Collector(recorder=recorder)
+    recorder.report("Loss/x", 1.0)
+    collector.update()
+    assert collector.num("Loss/x") == 1 and collector.mean("Loss/x") == 1.0

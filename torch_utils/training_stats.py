@@ -84,7 +84,11 @@ class Collector:
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
         self._recorder = recorder if recorder is not None else default_recorder
-        self._seen: dict[str, torch.Tensor] = {}  # Cumulative moments at the previous update.
+        # Cumulative moments at the previous update; the first interval starts now, so reports made before this
+        # collector existed (say, by an earlier run in the same process) are not counted.
+        self._seen: dict[str, torch.Tensor] = {
+            name: self._recorder.cumulative(name) for name in self._recorder.names() if self._regex.fullmatch(name)
+        }
         self._interval: dict[str, torch.Tensor] = {}  # Moments of the latest interval, summed over ranks.
 
     def update(self) -> None:
