@@ -6,7 +6,7 @@ import numpy as np
 
 from metrics.detectors import INCEPTION
 from metrics.features import MetricContext, generated_features
-from metrics.registry import register_metric
+from metrics.registry import MetricError, register_metric
 
 
 def inception_score(probs: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
@@ -21,6 +21,10 @@ def inception_score(probs: np.ndarray, num_splits: int = 10) -> tuple[float, flo
         (mean, standard deviation) of the per-split scores.
     """
     probs = np.asarray(probs, dtype=np.float64)
+    if len(probs) < num_splits:
+        raise MetricError(
+            f"The Inception score over {num_splits} splits needs at least {num_splits} images, got {len(probs)}"
+        )
     scores = []
     for split in np.array_split(probs, num_splits):
         marginal = split.mean(axis=0, keepdims=True)  # p(y) [1, K]

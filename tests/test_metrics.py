@@ -113,6 +113,8 @@ def test_inception_score_of_uniform_and_confident_predictions():
         np.exp(np.mean([np.sum(p * np.log(p / part.mean(axis=0))) for p in part])) for part in (probs[:20], probs[20:])
     ]
     assert inception_score(probs, num_splits=2) == pytest.approx((np.mean(expected), np.std(expected)), rel=1e-9)
+    with pytest.raises(metrics.MetricError, match="at least 10 images"):
+        inception_score(probs[:9], num_splits=10)
 
 
 def test_sliced_wasserstein_of_equal_and_shifted_sets():
