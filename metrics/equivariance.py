@@ -31,6 +31,7 @@ from metrics.features import (
     MetricContext,
     advance,
     all_reduce_sum,
+    in_chunks,
     progress_bar,
     rank_items,
     split_batches,
@@ -153,9 +154,9 @@ def equivariance_psnr(ctx: MetricContext, kind: str) -> float:
             with torch.no_grad():
                 ws = G.mapping(z[:, 0], c)
                 set_input_transform(G, identity)
-                reference = G.synthesis(ws, noise_mode="const")
+                reference = in_chunks(lambda w: G.synthesis(w, noise_mode="const"), ws)
                 set_input_transform(G, matrix)
-                rendered = G.synthesis(ws, noise_mode="const")
+                rendered = in_chunks(lambda w: G.synthesis(w, noise_mode="const"), ws)
                 set_input_transform(G, identity)
                 if kind == "int":
                     dx, dy = (int(round(v * resolution)) for v in matrix[:2, 2])

@@ -30,6 +30,9 @@ from torch_utils import distributed
 from training.dataset import ImageFolderDataset
 
 CACHE_VERSION = 1  # Bump when the layout or meaning of cached statistics changes.
+# Images a generator renders at once. Metrics stream batches of 64, but a 1024x1024 generator's activations for
+# 64 images need tens of GB; rendering in small chunks keeps metrics within the memory training already uses.
+GENERATOR_CHUNK = 4
 
 
 @dataclasses.dataclass
@@ -216,6 +219,11 @@ def seeded_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def in_chunks(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk: int = GENERATOR_CHUNK) -> torch.Tensor:
+    """fn applied to consecutive chunks of `chunk` rows of the tensors (all with the same length), concatenated."""
+    return torch.cat([fn(*(t[i : i + chunk] for t in tensors)) for i in range(0, len(tensors[0]), chunk)])
+
+
 def generated_batches(ctx: MetricContext, num_items: int, noise_mode: str = "random") -> Iterator[tuple]:
     """Stream this rank's share of `num_items` generated images as (positions, uint8 [n, 3, H, W]).
 
@@ -226,7 +234,7 @@ def generated_batches(ctx: MetricContext, num_items: int, noise_mode: str = "ran
     for chunk in split_batches(rank_items(num_items), ctx.batch_size):
         z, c = sample(chunk)
         with torch.no_grad(), seeded_torch_rng(ctx.seed * 1_000_003 + int(chunk[0]), ctx.device):
-            images = ctx.G(z[:, 0], c, noise_mode=noise_mode)
+            images = in_chunks(lambda z_part, c_part: ctx.G(z_part, c_part, noise_mode=noise_mode), z[:, 0], c)
         yield chunk, to_uint8_rgb(images)
 
 

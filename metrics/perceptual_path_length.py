@@ -7,7 +7,16 @@ import numpy as np
 import torch
 
 from metrics.detectors import VGG16
-from metrics.features import LatentSampler, MetricContext, advance, gather_rows, progress_bar, rank_items, split_batches
+from metrics.features import (
+    LatentSampler,
+    MetricContext,
+    advance,
+    gather_rows,
+    in_chunks,
+    progress_bar,
+    rank_items,
+    split_batches,
+)
 from metrics.registry import register_metric
 
 EPSILON = 1e-4  # Step along the interpolation path (Karras et al. 2019, Eq. 2).
@@ -45,8 +54,9 @@ def path_lengths(ctx: MetricContext, num_samples: int) -> np.ndarray:
                 w1 = G.mapping(z[:, 1], c)
                 # 'end' sampling: t = 0, so the path starts at w0 (linear interpolation in W).
                 ws = torch.stack([w0, w0.lerp(w1, EPSILON)], dim=1).flatten(0, 1)  # [2n, num_ws, w_dim]
-                images = lpips_input(G.synthesis(ws, noise_mode="const"))
-                features = vgg(images, resize_images=False, return_lpips=True).unflatten(0, [-1, 2])
+                images = lpips_input(in_chunks(lambda w: G.synthesis(w, noise_mode="const"), ws))
+                features = in_chunks(lambda x: vgg(x, resize_images=False, return_lpips=True), images, chunk=16)
+                features = features.unflatten(0, [-1, 2])  # [n, 2, dim]
                 distance = (features[:, 0] - features[:, 1]).square().sum(dim=1) / EPSILON**2  # [n]
             rows.append(distance.to(torch.float64))
             positions.append(chunk)

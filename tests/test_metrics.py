@@ -26,7 +26,7 @@ import dataset_tool  # A root script, importable through pytest's `pythonpath = 
 import dnnlib
 import metrics
 import train
-from metrics import detectors, equivariance, registry
+from metrics import detectors, equivariance, features, registry
 from metrics.frechet_inception_distance import frechet_distance
 from metrics.inception_score import inception_score
 from metrics.kernel_inception_distance import kernel_inception_distance
@@ -168,6 +168,17 @@ def test_equivariance_resampling_matches_the_analytic_transform(matrix):
     assert mask.sum() > 1000
     assert psnr(equivariance.resample(equivariance.lowpass(image), matrix), expected) > 70  # Measured: 73-86 dB.
     assert psnr(equivariance.resample(equivariance.lowpass(image), np.linalg.inv(matrix)), expected) < 30
+
+
+def test_in_chunks_calls_with_small_chunks_and_concatenates():
+    calls = []
+
+    def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(len(a))
+        return a + b
+
+    x, y = torch.arange(10.0), torch.arange(10.0) * 10
+    assert torch.equal(features.in_chunks(add, x, y, chunk=4), x + y) and calls == [4, 4, 2]
 
 
 def test_exact_shift_and_its_mask():
