@@ -200,6 +200,9 @@ def print_config(c: TrainingConfig) -> None:
     distributed.print0(f"Dataset path:        {c.data}")
     distributed.print0(f"Conditional model:   {c.cond}")
     distributed.print0(f"Dataset x-flips:     {c.mirror}")
+    distributed.print0(f"Metrics:             {', '.join(c.metrics) or 'none'}")
+    if c.metrics and not torch.cuda.is_available():
+        distributed.print0("Note: no GPU, so each snapshot's metrics will take long; --metrics=none skips them.")
     distributed.print0()
 
 

@@ -530,7 +530,8 @@ def test_training_refuses_metrics_it_cannot_compute_before_starting(workspace, c
     )
     assert result.exit_code == 0 and "Dry run" in result.output, result.output
     result = CliRunner().invoke(train.main, [*args, "--metrics=swd"])  # Needs no download.
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "Metrics:             swd" in result.output, result.output
+    assert ("--metrics=none skips them" in result.output) == (not torch.cuda.is_available())
 
 
 class RecordingTensorBoard:
