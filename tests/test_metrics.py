@@ -32,7 +32,7 @@ from metrics.inception_score import inception_score
 from metrics.kernel_inception_distance import kernel_inception_distance
 from metrics.precision_recall import precision_recall
 from metrics.sliced_wasserstein import laplacian_pyramid, pyramid_down, pyramid_up, sliced_wasserstein
-from training import checkpoint, networks_stylegan2, networks_stylegan3, run_log
+from training import checkpoint, networks_stylegan2, networks_stylegan3
 from training.dataset import ImageFolderDataset
 from training.networks_stylegan3 import make_transform
 
@@ -534,29 +534,11 @@ def test_training_refuses_metrics_it_cannot_compute_before_starting(workspace, c
     assert ("--metrics=none skips them" in result.output) == (not torch.cuda.is_available())
 
 
-class RecordingTensorBoard:
-    """Stands in for torch.utils.tensorboard's SummaryWriter: records add_scalar calls."""
-
-    def __init__(self):
-        self.scalars = []
-
-    def add_scalar(self, name, value, global_step, walltime):
-        self.scalars.append((name, value, global_step))
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-def test_training_evaluates_every_snapshot(workspace, cache_dir, tmp_path, monkeypatch):
+def test_training_evaluates_every_snapshot(workspace, cache_dir, tmp_path, monkeypatch, tensorboard):
     # Few samples instead of the protocols' 50k and 16k, so that the run takes seconds.
     for name in ("fid50k_full", "swd"):
         spec = metrics.get_metric(name)
         monkeypatch.setitem(registry._METRICS, name, dataclasses.replace(spec, num_gen=16, max_real=None))
-    board = RecordingTensorBoard()
-    monkeypatch.setattr(run_log, "_open_tensorboard", lambda run_dir: board)
     outdir = tmp_path / "runs"
     args = [f"--outdir={outdir}", f"--data={workspace.data}", *TRAIN_TINY, "--kimg=1", "--tick=1", "--snap=1",
             "--metrics=fid50k_full,swd", f"--detector-dir={workspace.detector_dir}"]  # fmt: skip
@@ -569,7 +551,7 @@ def test_training_evaluates_every_snapshot(workspace, cache_dir, tmp_path, monke
         records = [json.loads(line) for line in (run_dir / f"metric-{name}.jsonl").read_text().splitlines()]
         assert [record["snapshot_pkl"] for record in records] == snapshots
         assert all(record["num_gen"] == 16 and np.isfinite(record["results"][name]) for record in records)
-        logged = [(step, value) for tag, value, step in board.scalars if tag == f"Metrics/{name}"]
+        logged = [(step, value) for tag, value, step in tensorboard.scalars if tag == f"Metrics/{name}"]
         assert logged == [(kimg, record["results"][name]) for kimg, record in enumerate(records)]
     # calc_metrics.py's number for the last snapshot equals the one written during training.
     G_ema = checkpoint.load_snapshot(str(run_dir / snapshots[-1]))["G_ema"]

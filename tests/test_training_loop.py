@@ -47,23 +47,7 @@ def test_chunk_seeds_differ_and_repeat():
     assert chunk_seed(5, 1, 2, 3) == chunk_seed(5, 1, 2, 3)
 
 
-class _RecordingWriter:
-    def __init__(self):
-        self.scalars = []
-
-    def add_scalar(self, name, value, global_step, walltime):
-        self.scalars.append((name, value, global_step))
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-def test_run_log_writes_log_stats_and_tensorboard(tmp_path, monkeypatch, capsys):
-    writer = _RecordingWriter()
-    monkeypatch.setattr(run_log, "_open_tensorboard", lambda run_dir: writer)
+def test_run_log_writes_log_stats_and_tensorboard(tmp_path, tensorboard, capsys):
     log = run_log.RunLog(str(tmp_path))
     try:
         print("tick 0  kimg 0.0")
@@ -75,7 +59,7 @@ def test_run_log_writes_log_stats_and_tensorboard(tmp_path, monkeypatch, capsys)
     [line] = (tmp_path / "stats.jsonl").read_text().splitlines()
     stats = json.loads(line)
     assert stats["Loss/G/loss"] == {"num": 4, "mean": 0.5, "std": 0.1} and "timestamp" in stats
-    assert writer.scalars == [("Loss/G/loss", 0.5, 12)]
+    assert tensorboard.scalars == [("Loss/G/loss", 0.5, 12)]
 
 
 def test_save_image_grid_layout(tmp_path):
