@@ -139,8 +139,6 @@ def run(c: MetricsConfig) -> None:
         except metrics.MetricError as error:  # E.g. a corrupt detector file: a message, not a stack trace.
             raise click.ClickException(f"{name}: {error}") from None
         metrics.report_metric(result, run_dir=c.run_dir, snapshot_pkl=c.network_pkl)
-        if c.run_dir is not None:
-            distributed.print0(f"{name}: {json.dumps(result['results'])} ({result['total_time_str']})")
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))

@@ -12,7 +12,7 @@ import torch
 
 import dnnlib
 from metrics import detectors
-from metrics.features import MetricContext, broadcast_flag
+from metrics.features import MetricContext, all_ranks
 from metrics.registry import MetricError, MetricSpec, check_network, get_metric
 from torch_utils import distributed
 
@@ -128,7 +128,7 @@ def _locate_detectors(spec: MetricSpec, detector_dir: str | None, device: torch.
             paths = detectors.require(needed, detector_dir)
         except MetricError as caught:
             error = caught
-    ok = broadcast_flag(error is None, device)  # Also makes the other ranks wait for rank 0's download.
+    ok = all_ranks(error is None, device)  # Only rank 0 can fail here; also makes the others wait for it.
     if error is not None:
         raise error
     if not ok:
@@ -138,7 +138,8 @@ def _locate_detectors(spec: MetricSpec, detector_dir: str | None, device: torch.
 
 
 def report_metric(result: dict[str, Any], run_dir: str | None = None, snapshot_pkl: str | None = None) -> None:
-    """Append the result as one JSON line to `run_dir/metric-<name>.jsonl`, or print it when run_dir is None.
+    """Append the result as one JSON line to `run_dir/metric-<name>.jsonl` and print a summary line, or print the
+    JSON line when run_dir is None.
 
     Only rank 0 writes or prints. `snapshot_pkl` is recorded relative to `run_dir` when inside it.
     """
@@ -155,3 +156,4 @@ def report_metric(result: dict[str, Any], run_dir: str | None = None, snapshot_p
         return
     with open(os.path.join(run_dir, f"metric-{result['metric']}.jsonl"), "a") as f:
         f.write(line + "\n")
+    print(f"{result['metric']}: {json.dumps(result['results'])} ({result['total_time_str']})")

@@ -85,15 +85,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's value of `flag`, on every rank."""
-    if not distributed.is_distributed():
-        return flag
-    value = torch.tensor([int(flag)], device=device)
-    torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
-
-
 def all_ranks(flag: bool, device: torch.device) -> bool:
     """Whether `flag` is true on every rank."""
     if not distributed.is_distributed():

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
 import metrics
-from torch_utils import distributed
 from training.run_log import RunLog
 
 
@@ -44,4 +42,3 @@ class MetricRunner:
             metrics.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_pkl)
             if self.log is not None:
                 self.log.write_scalars({f"Metrics/{key}": value for key, value in result["results"].items()}, kimg)
-            distributed.print0(f"{name}: {json.dumps(result['results'])} ({result['total_time_str']})")
