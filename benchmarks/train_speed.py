@@ -25,6 +25,8 @@ from pathlib import Path
 import click
 import torch
 
+from training.config import PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +64,7 @@ def summarize(ticks: list[dict]) -> tuple[float, float]:
 @click.option(
     "--cfg",
     metavar="STR",
-    type=click.Choice(["stylegan2", "stylegan3-t", "stylegan3-r", "creps"]),
+    type=click.Choice(list(PRESETS)),
     default="stylegan3-t",
     show_default=True,
     help="Configuration.",

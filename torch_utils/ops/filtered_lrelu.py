@@ -126,7 +126,8 @@ def _kernel_applies(x, fu, fd, b, up, down, padding) -> bool:
     fu_w, fu_h = _get_filter_size(fu)
     fd_w, fd_h = _get_filter_size(fd)
     px0, px1, py0, py1 = _parse_padding(padding)
-    up_h, up_w = x.shape[2] * up + py0 + py1 - fu_h + 1, x.shape[3] * up + px0 + px1 - fu_w + 1
+    # Size of the upsampled, filtered signal that the downsampling filter reads.
+    up_h, up_w = _output_size(x.shape[2], up, 1, py0, py1, fu_h), _output_size(x.shape[3], up, 1, px0, px1, fu_w)
     if up_h < fd_h or up_w < fd_w:  # empty output: the reference path raises the error
         return False
     if fd_h * fd_w * (8 if x.dtype == torch.float64 else 4) > _MAX_SHARED_BYTES:  # one tile must fit on chip
