@@ -142,7 +142,8 @@ def check_transfer(c: TrainingConfig, dataset_info: dict) -> None:
 
 
 def resolve_resume(c: TrainingConfig) -> TrainingConfig:
-    """Decide what --resume means: continue a run in place, continue from a snapshot's state, or copy weights."""
+    """Decide what --resume means: a run directory or `latest` continues that run in place; a snapshot pickle
+    or URL always starts a new run from its weights, as in the published tools (kimg 0, fine-tuning settings)."""
     if c.resume is None:
         return c
     if c.resume == "latest" or os.path.isdir(c.resume):
@@ -150,7 +151,10 @@ def resolve_resume(c: TrainingConfig) -> TrainingConfig:
         return continue_in_place(c, run_dir)
     state = checkpoint.state_next_to_snapshot(c.resume)
     if state is not None:
-        return dataclasses.replace(c, resume_state=state)
+        distributed.print0(
+            f"Note: {os.path.basename(state)} sits next to this snapshot, but a pickle only gives weights (kimg "
+            f"starts at 0); to continue that run exactly, pass --resume={os.path.dirname(os.path.abspath(state))}"
+        )
     return dataclasses.replace(c, resume_pkl=c.resume)
 
 
@@ -236,7 +240,11 @@ def launch(c: TrainingConfig) -> None:
     show_default=True,
     help="Augmentation mode: noaug, ada or fixed.",
 )
-@click.option("--resume", metavar="[PKL|URL|DIR|latest]", help="Start from a snapshot's weights, or continue a run.")
+@click.option(
+    "--resume",
+    metavar="[PKL|URL|DIR|latest]",
+    help="New run from a snapshot's weights (PKL, URL), or continue a run exactly (DIR, latest).",
+)
 @click.option(
     "--freezed",
     metavar="INT",

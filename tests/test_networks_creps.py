@@ -75,7 +75,7 @@ def test_line_coordinates_nest_across_scales():
 
 def test_rendering_at_scale_2_then_box_downsampling_is_close_to_scale_1():
     torch.manual_seed(64)
-    G = tiny_G(64, conv_clamp=None).eval()
+    G = tiny_G(64, fc_clamp=None).eval()
     with torch.no_grad():
         ws = G.mapping(torch.randn(4, 16), None)
         img1 = G.synthesis(ws)
@@ -94,3 +94,17 @@ def test_first_block_skip_output_and_first_decoder_are_unused_as_published():
     G(torch.randn(2, 16), None).square().sum().backward()
     assert G.synthesis.b4.tores.weight.grad is None and G.synthesis.decoder_8[0].weight.grad is None
     assert G.synthesis.b8.tores.weight.grad is not None and G.synthesis.decoder_16[0].weight.grad is not None
+
+
+def test_final_blocks_are_float16_and_clamped_at_256_as_published():
+    synthesis = tiny_G().synthesis
+    assert synthesis.num_fp16_res == 0 and not any(getattr(synthesis, f"b{r}").use_fp16 for r in (4, 8, 16))
+    assert synthesis.block0.use_fp16 and synthesis.block1.use_fp16
+    for block in [synthesis.b4, synthesis.b8, synthesis.b16, synthesis.block0, synthesis.block1]:
+        layers = [block.fc1, block.tores] + ([block.fc0] if hasattr(block, "fc0") else [])
+        assert [layer.fc_clamp for layer in layers] == [256] * len(layers)
+    # fc_clamp sets the line blocks only; the final blocks keep 256 and fp16_final_blocks only their precision.
+    synthesis = tiny_G(fc_clamp=None, fp16_final_blocks=False).synthesis
+    assert synthesis.b8.fc0.fc_clamp is None and synthesis.b16.tores.fc_clamp is None
+    assert synthesis.block0.fc0.fc_clamp == 256 and synthesis.block1.tores.fc_clamp == 256
+    assert not synthesis.block0.use_fp16 and not synthesis.block1.use_fp16

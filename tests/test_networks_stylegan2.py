@@ -184,3 +184,9 @@ def test_cpu_and_force_fp32_run_in_float32():
     assert img.dtype == torch.float32
     assert D(img, None).dtype == torch.float32
     assert G(torch.randn(4, 8), None, force_fp32=True).dtype == torch.float32
+
+
+def test_conv_clamp_defaults_to_256_as_published():
+    G, D = tiny_G(), tiny_D()
+    assert G.synthesis.b16.conv1.conv_clamp == 256 and G.synthesis.b16.torgb.conv_clamp == 256
+    assert D.b16.conv0.conv_clamp == 256 and D.b4.conv.conv_clamp == 256

@@ -169,22 +169,38 @@ def test_resume_from_a_snapshot_pickle(tmp_path, data):
     common = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=1", "--workers=0"]
     run_script("train.py", *common, "--kimg=1", cwd=tmp_path)
     [first] = run_dirs(outdir)
+    snapshot = first / "network-snapshot-000001.pkl"
 
-    # Next to its training state, a snapshot continues the schedule in a new run directory.
-    result = run_script(
-        "train.py", *common, "--kimg=2", f"--resume={first / 'network-snapshot-000001.pkl'}", cwd=tmp_path
-    )
-    assert "Continuing from" in result.stdout
+    # As in the published tools, a pickle starts a new run from its weights even with its training state beside
+    # it (which used to continue the schedule: "Training for 0.016 kimg from 1 kimg", one step): kimg 0 and the
+    # fine-tuning settings. A note says how to continue exactly instead.
+    result = run_script("train.py", *common, "--kimg=0.016", f"--resume={snapshot}", cwd=tmp_path)
+    assert f"to continue that run exactly, pass --resume={first}" in result.stdout
+    assert "Training for 0.016 kimg from 0 kimg" in result.stdout and "Continuing from" not in result.stdout
     second = run_dirs(outdir)[1]
-    assert load_final_state(second)["progress"]["cur_nimg"] == 2000
+    options = json.loads((second / "training_options.json").read_text())
+    assert options["resume_pkl"] == str(snapshot) and options["resume_state"] is None
+    assert options["ada_kimg"] == 100 and options["ema_rampup"] is None
+    final = load_final_state(second)
+    assert final["progress"]["cur_nimg"] == 16 and final["progress"]["step"] == 4
+    with open(snapshot, "rb") as f:
+        source = pickle.load(f)["G_ema"].state_dict()
+    # Four steps at lr 0.002 from the snapshot's weights (no EMA ramp-up): still close to them.
+    weight = "synthesis.b8.conv1.weight"
+    assert 0 < (final["G_ema"][weight] - source[weight]).abs().max() < 0.05
 
-    # A lone pickle gives weights only: the schedule starts again at kimg 0.
+    # A lone pickle (or a URL) does the same, without the note.
     lone = tmp_path / "lone.pkl"
-    lone.write_bytes((first / "network-snapshot-000001.pkl").read_bytes())
-    result = run_script("train.py", *common, "--kimg=1", f"--resume={lone}", cwd=tmp_path)
-    assert "no training state: kimg starts at 0" in result.stdout
+    lone.write_bytes(snapshot.read_bytes())
+    result = run_script("train.py", *common, "--kimg=0.016", f"--resume={lone}", cwd=tmp_path)
+    assert "kimg starts at 0" in result.stdout and "continue that run exactly" not in result.stdout
     third = run_dirs(outdir)[2]
-    assert load_final_state(third)["progress"]["cur_nimg"] == 1000
+    assert load_final_state(third)["progress"]["cur_nimg"] == 16
+
+    # Continuing exactly stays explicit: the run directory.
+    result = run_script("train.py", *common, "--kimg=1.016", f"--resume={first}", cwd=tmp_path)
+    assert "Continuing from" in result.stdout and len(run_dirs(outdir)) == 3
+    assert load_final_state(first)["progress"]["cur_nimg"] == 1016
 
 
 @pytest.mark.parametrize(

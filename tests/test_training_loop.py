@@ -10,19 +10,75 @@ import torch
 
 from torch_utils import training_stats
 from training import checkpoint, run_log
-from training.training_loop import GeneratorEma, Progress, chunk_seed, reduce_gradients
+from training.config import PRESETS, TrainingConfig
+from training.training_loop import (
+    GeneratorEma,
+    Progress,
+    build_loss,
+    build_phases,
+    chunk_seed,
+    construct_networks,
+    reduce_gradients,
+    run_phase,
+)
 
 
-def test_reduce_gradients_zeroes_and_counts_nonfinite_values():
+def tiny_training(cfg: str, fp32: bool = False):
+    """Config, G, D, phases and loss of a tiny 8x8 unconditional run of preset `cfg` (batch 4, one round)."""
+    preset = PRESETS[cfg]
+    mult = preset.G_channel_mult
+    c = TrainingConfig(
+        outdir="unused", cfg=cfg, data="unused", batch_size=4, batch_gpu=4, z_dim=8, w_dim=8, cbase=64, cmax=8,
+        map_depth=1, fp32=fp32, style_mixing_prob=preset.style_mixing_prob, pl_weight=preset.pl_weight,
+        G_reg_interval=preset.G_reg_interval, G_kwargs=dict(channel_base=64 * mult, channel_max=8 * mult),
+        aug="noaug",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    G, D = construct_networks(c, resolution=8, num_channels=3, label_dim=0)
+    G, D = G.train().requires_grad_(False), D.train().requires_grad_(False)
+    return c, G, D, build_phases(c, G, D), build_loss(c, G, D, augment_pipe=None)
+
+
+def run_step(c, loss, phases, on_phase=None):
+    """Run every phase of step 0 on random reals; call on_phase(runner) after each."""
+    reals = [(torch.randn(c.batch_gpu, 3, 8, 8), torch.zeros(c.batch_gpu, 0))]
+    for index, runner in enumerate(phases):
+        run_phase(runner, index, loss, reals, torch.zeros(1, 0), c.z_dim, c, Progress())
+        if on_phase is not None:
+            on_phase(runner)
+
+
+def test_reduce_gradients_maps_and_counts_nonfinite_values():
     net = torch.nn.Linear(3, 2)
     net.weight.grad = torch.tensor([[1.0, float("nan"), 2.0], [float("inf"), 3.0, -float("inf")]])
-    net.bias.grad = None  # A parameter that got no gradient is reduced as zeros.
+    net.bias.grad = None  # A parameter that got no gradient keeps none.
     collector = training_stats.Collector(regex="Progress/nonfinite_grads/G")
     reduce_gradients(net, "G")
     collector.update()
-    assert torch.equal(net.weight.grad, torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]]))
-    assert torch.equal(net.bias.grad, torch.zeros(2))
+    # As published: nan_to_num(nan=0, posinf=1e5, neginf=-1e5).
+    assert torch.equal(net.weight.grad, torch.tensor([[1.0, 0.0, 2.0], [1e5, 3.0, -1e5]]))
+    assert net.bias.grad is None
     assert collector.mean("Progress/nonfinite_grads/G") == 3
+
+
+def test_adam_skips_a_parameter_without_gradient():
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1, betas=(0.0, 0.99))
+    net(torch.ones(1, 3)).sum().backward()
+    reduce_gradients(net, "D")
+    opt.step()
+    bias_before, exp_avg_sq = net.bias.detach().clone(), opt.state[net.bias]["exp_avg_sq"].clone()
+    step_before = float(opt.state[net.bias]["step"])
+
+    opt.zero_grad(set_to_none=True)
+    net.weight.square().sum().backward()  # A phase whose loss does not reach the bias (like Dreg and b4.out.bias).
+    reduce_gradients(net, "D")
+    assert net.bias.grad is None
+    opt.step()
+    assert torch.equal(net.bias, bias_before)  # No update from its stale first moment...
+    assert torch.equal(opt.state[net.bias]["exp_avg_sq"], exp_avg_sq)  # ...and no decay of its moments.
+    assert float(opt.state[net.bias]["step"]) == step_before
+    assert float(opt.state[net.weight]["step"]) == step_before + 1
 
 
 def test_generator_ema_half_life_and_rampup():
@@ -92,3 +148,58 @@ def test_checkpoint_files_are_atomic_and_pruned(tmp_path):
     with pytest.raises(ValueError, match="not a readable network snapshot"):
         (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
         checkpoint.load_snapshot(str(tmp_path / "bad.pkl"))
+
+
+@pytest.mark.parametrize("cfg, updating_phases", [("creps", ["Gmain", "Greg"]), ("stylegan2", ["Dmain"])])
+def test_w_avg_advances_in_the_published_phases(cfg, updating_phases):
+    c, G, _, phases, loss = tiny_training(cfg)
+    assert [runner.phase.value for runner in phases] == ["Gmain", "Greg", "Dmain", "Dreg"]
+    changed = []
+    previous = [G.mapping.w_avg.clone()]
+
+    def check(runner):
+        if not torch.equal(G.mapping.w_avg, previous[0]):
+            changed.append(runner.phase.value)
+        previous[0] = G.mapping.w_avg.clone()
+
+    run_step(c, loss, phases, check)
+    # CREPS's published mapping updates w_avg in training mode unless update_emas: G's phases. StyleGAN2/3 pass
+    # update_emas=True in Dmain only.
+    assert changed == updating_phases
+
+
+def test_parameters_a_phase_does_not_reach_keep_no_gradient():
+    c, G, D, phases, loss = tiny_training("stylegan2")
+    optimizers = {runner.phase.network: runner.opt for runner in phases}
+    seen = {}
+
+    def check(runner):
+        bias = G.synthesis.b8.torgb.bias if runner.phase.network == "G" else D.b4.out.bias
+        state = optimizers[runner.phase.network].state.get(bias, {})
+        seen[runner.phase.value] = (bias.grad is not None, float(state.get("step", 0)))
+
+    run_step(c, loss, phases, check)
+    # The path length and R1 penalties do not depend on these biases: no gradient, so Adam's step count stays.
+    assert seen == {"Gmain": (True, 1.0), "Greg": (False, 1.0), "Dmain": (True, 1.0), "Dreg": (False, 1.0)}
+
+
+def test_construct_networks_precision_per_preset():
+    _, G, D, _, _ = tiny_training("creps")
+    synthesis = G.synthesis
+    # As published: line blocks in float32 (num_fp16_res 0), the two final image blocks in float16, all clamped
+    # at 256; D mixed precision with clamp 256.
+    assert synthesis.num_fp16_res == 0 and not any(getattr(synthesis, f"b{r}").use_fp16 for r in (4, 8))
+    assert synthesis.block0.use_fp16 and synthesis.block1.use_fp16
+    clamps = {m.fc_clamp for name, m in synthesis.named_modules() if hasattr(m, "fc_clamp")}
+    assert clamps == {256}
+    assert D.b8.use_fp16 and D.b8.conv0.conv_clamp == 256
+    _, G, D, _, _ = tiny_training("creps", fp32=True)
+    assert not G.synthesis.block0.use_fp16 and not G.synthesis.block1.use_fp16
+    assert {m.fc_clamp for name, m in G.synthesis.named_modules() if hasattr(m, "fc_clamp")} == {256}
+    assert not D.b8.use_fp16 and D.b8.conv0.conv_clamp is None
+
+    _, G, D, _, _ = tiny_training("stylegan2")
+    assert G.synthesis.b8.use_fp16 and G.synthesis.b8.conv1.conv_clamp == 256 and D.b8.conv0.conv_clamp == 256
+    _, G, D, _, _ = tiny_training("stylegan2", fp32=True)
+    assert not G.synthesis.b8.use_fp16 and G.synthesis.b8.conv1.conv_clamp is None
+    assert G.synthesis.b8.torgb.conv_clamp is None and D.b8.conv0.conv_clamp is None

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import train
-from training import checkpoint, training_loop
+from training import checkpoint, networks_stylegan2, training_loop
 from training.config import TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,11 +70,11 @@ def test_resume_across_resolutions_copies_matching_tensors(tmp_path, datasets):
     lone.write_bytes((small_dir / "network-snapshot-000000.pkl").read_bytes())
     big_dir, result = train_run(tmp_path / "big", datasets[16], f"--resume={lone}")
 
-    assert "G: copied" in result.stdout and "left at their initialization: " in result.stdout
-    report = next(line for line in result.stdout.splitlines() if line.startswith("D: copied"))
-    # The 8px D's first block (b8 with fromrgb) has the same shapes as the 16px D's b8 except for the fromrgb,
-    # which only the first block of the bigger D has: b16.* and b8.fromrgb are left at initialization.
-    assert "b16." in report
+    # The report lists, per layer block, what was copied: everything up to 8px, nothing of the new 16px blocks.
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ": copied " in line}
+    assert lines["G"].endswith("all of synthesis.b4, synthesis.b8, mapping; none of synthesis.b16"), lines["G"]
+    # The 8px D's first block (b8 with fromrgb) has the 16px D's b8 shapes; only the new b16 block is not copied.
+    assert lines["D"].endswith("all of b8, b4; none of b16"), lines["D"]
     with open(lone, "rb") as f:
         source = pickle.load(f)
     with open(big_dir / "network-snapshot-000000.pkl", "rb") as f:
@@ -88,7 +88,8 @@ def test_resume_across_resolutions_copies_matching_tensors(tmp_path, datasets):
 
 def test_resume_with_nothing_matching_is_refused(tmp_path, datasets):
     foreign = tmp_path / "foreign.pkl"
-    modules = {name: torch.nn.Linear(3, 3) for name in ["G", "D", "G_ema"]}
+    # A readable snapshot (our own layer class) whose tensors, `weight` and `bias`, exist in no G or D.
+    modules = {name: networks_stylegan2.FullyConnectedLayer(3, 3) for name in ["G", "D", "G_ema"]}
     with open(foreign, "wb") as f:
         pickle.dump({**modules, "augment_pipe": None, "training_set_kwargs": {}}, f)
     args = [f"--outdir={tmp_path / 'runs'}", f"--data={datasets[8]}", *TINY, "--gpus=1", "--batch=4"]

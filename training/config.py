@@ -12,6 +12,11 @@ import torch
 import metrics
 from training import networks_creps, networks_stylegan2, networks_stylegan3
 
+# StyleGAN2/3 (and D for every preset): float16 in the 4 highest resolutions with outputs clamped to +-256;
+# --fp32 computes everything in float32 without clamping, as the published train.py does.
+STYLEGAN_MIXED_PRECISION = dict(num_fp16_res=4, conv_clamp=256)
+STYLEGAN_FP32 = dict(num_fp16_res=0, conv_clamp=None)
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -28,13 +33,32 @@ class Preset:
     magnitude_ema: bool = False  # G tracks layer input magnitudes with decay 0.5 ** (batch / 20k) per step.
     blur_init_sigma: float = 0.0  # Blur the images D sees with this sigma (pixels) at the start...
     blur_fade_kimg_per_32: float = 0.0  # ...fading out over batch / 32 times this many kimg.
+    # G's precision options with mixed precision, and with --fp32 (D's are fixed: see construct_networks).
+    G_mixed_precision: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(STYLEGAN_MIXED_PRECISION))
+    G_fp32: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(STYLEGAN_FP32))
+    # Whose training phases advance G's tracked statistics (w_avg, layer magnitudes) as the published code does:
+    # "D" (StyleGAN2/3: the D phase's fakes, update_emas=True) or "G" (CREPS: its mapping network updates w_avg
+    # whenever it runs in training mode without update_emas, i.e. in Gmain and Greg).
+    G_stats_network: str = "D"
 
 
 # The published training configurations (the StyleGAN3 and CREPS repositories' train.py).
 PRESETS: dict[str, Preset] = {
     "creps": Preset(
-        G_class=networks_creps.Generator, map_depth=8, glr=0.002, pl_weight=2.0, G_reg_interval=4, G_channel_mult=2
-    ),
+        G_class=networks_creps.Generator,
+        map_depth=8,
+        glr=0.002,
+        pl_weight=2.0,
+        G_reg_interval=4,
+        G_channel_mult=2,
+        # The published CREPS train.py leaves num_fp16_res at 0 (line blocks in float32) and its SynthesisNetwork
+        # always runs the two final image blocks in float16, every layer clamped to +-256. Its --fp32 path
+        # crashes; ours runs those two blocks in float32 and keeps the clamps, so float32 numerics (the CPU)
+        # equal the published network's.
+        G_mixed_precision=dict(num_fp16_res=0, fc_clamp=256, fp16_final_blocks=True),
+        G_fp32=dict(num_fp16_res=0, fc_clamp=256, fp16_final_blocks=False),
+        G_stats_network="G",
+    ),  # fmt: skip
     "stylegan3-t": Preset(G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True),
     "stylegan3-r": Preset(
         G_class=networks_stylegan3.Generator,
@@ -91,7 +115,7 @@ class TrainingConfig:
     cmax: int = 512  # Maximum channels per layer.
     map_depth: int = 8  # Mapping network layers.
     mbstd_group: int = 4  # Minibatch standard deviation group size.
-    fp32: bool = False  # Disable mixed precision (float16 in the 4 highest resolutions with clamp 256).
+    fp32: bool = False  # Disable mixed precision (see Preset.G_mixed_precision, G_fp32 and construct_networks).
     G_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # Generator options beyond the above.
 
     # Optimization.

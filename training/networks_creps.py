@@ -21,6 +21,9 @@ from torch_utils import misc
 from torch_utils.ops import bias_act
 from training.networks_stylegan2 import FullyConnectedLayer, MappingNetwork, block_dtype, fp16_resolution
 
+# The clamp of the two final image blocks, fixed in the published SynthesisNetwork whatever its options.
+FINAL_BLOCK_CLAMP = 256
+
 
 def modulated_fc(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True) -> torch.Tensor:
     """A per-sample modulated (and optionally demodulated) 1x1 layer over channels.
@@ -230,15 +233,18 @@ class SynthesisNetwork(torch.nn.Module):
         channel_base: int = 32768,
         channel_max: int = 512,
         num_fp16_res: int = 0,
-        conv_clamp: float | None = 256,
+        fc_clamp: float | None = 256,
+        fp16_final_blocks: bool = True,
     ):
         """
         Args:
-            biline_channels: Channels of the bi-line skip outputs and of the per-pixel features.
-            channel_base:    Block b{r} has min(channel_base // r, channel_max) channels.
-            num_fp16_res:    Run the line blocks of the this-many highest "resolutions" in float16 on CUDA; the
-                             final image blocks run in float16 whenever this is positive.
-            conv_clamp:      Clamp every modulated layer's output to [-conv_clamp, conv_clamp]; None: no clamp.
+            biline_channels:   Channels of the bi-line skip outputs and of the per-pixel features.
+            channel_base:      Block b{r} has min(channel_base // r, channel_max) channels.
+            num_fp16_res:      Run the line blocks of the this-many highest "resolutions" in float16 on CUDA.
+            fc_clamp:          Clamp the line blocks' layer outputs to [-fc_clamp, fc_clamp]; None: no clamp.
+            fp16_final_blocks: Run the two final image blocks in float16 on CUDA. The published network always
+                               does, and always clamps them at 256 (FINAL_BLOCK_CLAMP), whatever its other options;
+                               False (our --fp32) computes them in float32 with the same clamp.
         """
         assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0, "img_resolution: a power of 2"
         assert biline_channels > img_channels, "biline_channels must exceed img_channels"
@@ -255,7 +261,7 @@ class SynthesisNetwork(torch.nn.Module):
         for res in self.block_resolutions:
             block = LineBlock(
                 channels[res // 2] if res > 4 else 1, channels[res], w_dim, img_resolution, biline_channels,
-                fc_clamp=conv_clamp, use_fp16=res >= fp16_res,
+                fc_clamp=fc_clamp, use_fp16=res >= fp16_res,
             )  # fmt: skip
             setattr(self, f"b{res}", block)
         # decoder_{r} carries the accumulated pixel features into block r. The first combined features come from
@@ -264,11 +270,10 @@ class SynthesisNetwork(torch.nn.Module):
             setattr(self, f"decoder_{res}", make_decoder(biline_channels))
         self.decoder_last = make_decoder(biline_channels)
         self.decoder_img = FullyConnectedLayer(biline_channels, img_channels)
-        final_fp16 = num_fp16_res > 0
         self.block0 = LineBlock(biline_channels, 4 * biline_channels, w_dim, img_resolution, img_channels,
-                                fc_clamp=conv_clamp, use_fp16=final_fp16)  # fmt: skip
+                                fc_clamp=FINAL_BLOCK_CLAMP, use_fp16=fp16_final_blocks)  # fmt: skip
         self.block1 = LineBlock(4 * biline_channels, 2 * biline_channels, w_dim, img_resolution, img_channels,
-                                fc_clamp=conv_clamp, use_fp16=final_fp16)  # fmt: skip
+                                fc_clamp=FINAL_BLOCK_CLAMP, use_fp16=fp16_final_blocks)  # fmt: skip
         # One w for the input, one per fc layer of the line blocks, one for the last skip output; the final
         # image blocks reuse the last w.
         self.num_ws = 1 + sum(getattr(self, f"b{res}").num_fc for res in self.block_resolutions) + 1
@@ -331,7 +336,13 @@ class SynthesisNetwork(torch.nn.Module):
 
 
 class Generator(torch.nn.Module):
-    """The CREPS generator: StyleGAN2's mapping network followed by the column-row synthesis network."""
+    """The CREPS generator: StyleGAN2's mapping network followed by the column-row synthesis network.
+
+    Its tracked average w advances in G's own training phases (Gmain, Greg), not in D's as for StyleGAN2/3: the
+    published CREPS mapping network updates it whenever it runs in training mode without `update_emas`. Our
+    mapping network updates it when called with `update_emas=True`, so the loss passes that in the phases the
+    preset table names (`Preset.G_stats_network="G"` for creps).
+    """
 
     def __init__(
         self,

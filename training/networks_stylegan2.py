@@ -431,13 +431,15 @@ class SynthesisBlock(torch.nn.Module):
         img_channels: int,
         is_last: bool,
         resample_filter: tuple[int, ...] = DEFAULT_RESAMPLE_FILTER,
-        conv_clamp: float | None = None,
+        conv_clamp: float | None = 256,
         use_fp16: bool = False,
         **layer_kwargs,
     ):
         """
         Args:
             in_channels: Channels from the previous block; 0 for the first block, which starts from `const`.
+            conv_clamp:  Clamp the convolutions' outputs to [-conv_clamp, conv_clamp] (the published default 256);
+                         None: no clamp.
             use_fp16:    Run this block in float16 on CUDA.
         """
         super().__init__()
@@ -773,7 +775,7 @@ class Discriminator(torch.nn.Module):
         channel_base: int = 32768,
         channel_max: int = 512,
         num_fp16_res: int = 4,
-        conv_clamp: float | None = None,
+        conv_clamp: float | None = 256,
         cmap_dim: int | None = None,
         block_kwargs: dict | None = None,
         mapping_kwargs: dict | None = None,
@@ -786,7 +788,8 @@ class Discriminator(torch.nn.Module):
             img_channels:    Input channels.
             channel_base:    Channels at resolution r are min(channel_base // r, channel_max).
             num_fp16_res:    Run the this-many highest resolutions in float16 on CUDA.
-            conv_clamp:      Clamp every convolution's output to [-conv_clamp, conv_clamp]; None: no clamp.
+            conv_clamp:      Clamp every convolution's output to [-conv_clamp, conv_clamp] (published default
+                             256); None: no clamp.
             cmap_dim:        Label embedding size; None means the channels at 4x4.
             block_kwargs:    Options of every DiscriminatorBlock.
             mapping_kwargs:  Options of the label MappingNetwork.

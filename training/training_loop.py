@@ -22,9 +22,9 @@ import dnnlib
 from torch_utils import distributed, misc, training_stats
 from training import checkpoint
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
-from training.config import TrainingConfig
+from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
 from training.dataset import ImageFolderDataset
-from training.loss import Phase, StyleGAN2Loss
+from training.loss import Chunk, Phase, StyleGAN2Loss
 from training.metric_runner import MetricRunner
 from training.networks_stylegan2 import Discriminator
 from training.run_log import RunLog, grid_shape, save_image_grid
@@ -167,15 +167,20 @@ def training_set_kwargs(c: TrainingConfig) -> dict:
 def construct_networks(
     c: TrainingConfig, resolution: int, num_channels: int, label_dim: int
 ) -> tuple[torch.nn.Module, Discriminator]:
-    """G (per the preset and c.G_kwargs) and the StyleGAN2 D for images of the given shape, on the CPU."""
-    precision = dict(num_fp16_res=0 if c.fp32 else 4, conv_clamp=None if c.fp32 else 256)
+    """G (per the preset and c.G_kwargs) and the StyleGAN2 D for images of the given shape, on the CPU.
+
+    Precision follows the published train.py: G per the preset (`G_mixed_precision`, or `G_fp32` with --fp32), D
+    in float16 in its 4 highest resolutions clamped to +-256, or in float32 unclamped with --fp32.
+    """
+    G_precision = c.preset.G_fp32 if c.fp32 else c.preset.G_mixed_precision
     G = c.preset.G_class(
         z_dim=c.z_dim, c_dim=label_dim, w_dim=c.w_dim, img_resolution=resolution, img_channels=num_channels,
-        mapping_kwargs=dict(num_layers=c.map_depth), **precision, **c.G_kwargs,
+        mapping_kwargs=dict(num_layers=c.map_depth), **G_precision, **c.G_kwargs,
     )  # fmt: skip
     D = Discriminator(
         c_dim=label_dim, img_resolution=resolution, img_channels=num_channels, channel_base=c.cbase,
-        channel_max=c.cmax, epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group), **precision,
+        channel_max=c.cmax, epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group),
+        **(STYLEGAN_FP32 if c.fp32 else STYLEGAN_MIXED_PRECISION),
     )  # fmt: skip
     return G, D
 
@@ -211,6 +216,17 @@ def build_phases(c: TrainingConfig, G: torch.nn.Module, D: Discriminator) -> lis
         runners.append(PhaseRunner(Phase[name + "main"], module, params, opt, interval=1))
         runners.append(PhaseRunner(Phase[name + "reg"], module, params, opt, interval=reg_interval))
     return runners
+
+
+def build_loss(
+    c: TrainingConfig, G: torch.nn.Module, D: Discriminator, augment_pipe: AugmentPipe | None
+) -> StyleGAN2Loss:
+    """The loss with the config's weights and the preset's rule for G's tracked statistics."""
+    return StyleGAN2Loss(
+        G, D, augment_pipe=augment_pipe, r1_gamma=c.gamma, style_mixing_prob=c.style_mixing_prob,
+        pl_weight=c.pl_weight, pl_batch_shrink=c.pl_batch_shrink, pl_decay=c.pl_decay,
+        blur_init_sigma=c.blur_init_sigma, blur_fade_kimg=c.blur_fade_kimg, G_stats_network=c.preset.G_stats_network,
+    )  # fmt: skip
 
 
 def build_augmentation(c: TrainingConfig, device: torch.device) -> tuple[AugmentPipe | None, AdaController | None]:
@@ -257,16 +273,28 @@ def chunk_seed(seed: int, step: int, phase_index: int, chunk: int) -> int:
 
 
 def reduce_gradients(module: torch.nn.Module, network: str) -> None:
-    """Sum gradients over ranks in one all-reduce; zero and count non-finite values."""
+    """Sum gradients over ranks in one all-reduce, map non-finite values as published and count them.
+
+    As in the published loop, a parameter that no rank's loss reached keeps `grad=None`, so Adam skips it
+    (no step count, no decay of its moments): e.g. the toRGB biases in Greg, D's `b4.out.bias` in Dreg. The
+    parameters reduced are those with a gradient on any rank, so the all-reduce layout is the same on every rank.
+    After the reduction NaN becomes 0 and +-inf +-1e5 (`Progress/nonfinite_grads/{network}` counts them).
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
+        return
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)  # [P]
+    if distributed.is_distributed():
+        torch.distributed.all_reduce(has_grad)
+    params = [p for p, reached in zip(params, has_grad.tolist(), strict=True) if reached > 0]
+    if not params:
+        training_stats.report(f"Progress/nonfinite_grads/{network}", 0)
         return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
     if distributed.is_distributed():
         torch.distributed.all_reduce(flat)
-    nonfinite = ~torch.isfinite(flat)
-    training_stats.report(f"Progress/nonfinite_grads/{network}", nonfinite.sum())
-    flat = torch.where(nonfinite, torch.zeros_like(flat), flat)
+    training_stats.report(f"Progress/nonfinite_grads/{network}", (~torch.isfinite(flat)).sum())
+    flat = torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5)
     for p, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
         p.grad = grad.reshape(p.shape)
 
@@ -281,25 +309,30 @@ def run_phase(
     c: TrainingConfig,
     progress: Progress,
 ) -> None:
-    """Accumulate one phase's gradients over this rank's rounds, reduce them over ranks and take the step."""
+    """Accumulate one phase's gradients over this rank's rounds, reduce them over ranks and take the step.
+
+    Args:
+        phase_index: The runner's index in the step's phase list, part of every chunk's seed.
+        reals:       This rank's rounds of real images [batch_gpu, C, H, W] and labels [batch_gpu, c_dim].
+        labels:      Every label of the dataset [num_images, c_dim], from which generated labels are drawn.
+    """
     rank, world = distributed.get_rank(), distributed.get_world_size()
+
+    def make_chunk(round_index: int) -> Chunk:
+        """Round `round_index` of this rank, after reseeding torch for it: remaking it repeats every draw."""
+        real_img, real_c = reals[round_index]
+        torch.manual_seed(chunk_seed(c.seed, progress.step, phase_index, round_index * world + rank))
+        gen_z = torch.randn([c.batch_gpu, z_dim], device=real_img.device)
+        gen_c = labels[torch.randint(len(labels), [c.batch_gpu], device=labels.device)]
+        return Chunk(real_img, real_c, gen_z, gen_c)
+
     for param in runner.params:
         param.requires_grad_(True)
     runner.opt.zero_grad(set_to_none=True)
     gain = runner.interval * c.batch_gpu / c.batch_size  # The chunks' mean losses add up to the batch mean.
-    for round_index, (real_img, real_c) in enumerate(reals):
-        torch.manual_seed(chunk_seed(c.seed, progress.step, phase_index, round_index * world + rank))
-        gen_z = torch.randn([c.batch_gpu, z_dim], device=real_img.device)
-        gen_c = labels[torch.randint(len(labels), [c.batch_gpu], device=labels.device)]
-        # G's tracked averages (w, layer magnitudes) advance once per step, from each rank's first round,
-        # whatever the number of rounds.
-        loss.accumulate_gradients(
-            runner.phase, real_img, real_c, gen_z, gen_c, gain=gain, cur_nimg=progress.cur_nimg,
-            update_emas=(round_index == 0),
-        )  # fmt: skip
+    loss.accumulate_gradients(runner.phase, make_chunk, len(reals), gain=gain, cur_nimg=progress.cur_nimg)
     reduce_gradients(runner.module, runner.phase.network)
     runner.opt.step()
-    loss.end_phase(runner.phase)
     for param in runner.params:
         param.requires_grad_(False)
 
@@ -320,11 +353,7 @@ def training_loop(c: TrainingConfig) -> None:
     labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])).to(device)
     G, D, G_ema = build_networks(c, dataset, device)
     augment_pipe, ada = build_augmentation(c, device)
-    loss = StyleGAN2Loss(
-        G, D, augment_pipe=augment_pipe, r1_gamma=c.gamma, style_mixing_prob=c.style_mixing_prob,
-        pl_weight=c.pl_weight, pl_batch_shrink=c.pl_batch_shrink, pl_decay=c.pl_decay,
-        blur_init_sigma=c.blur_init_sigma, blur_fade_kimg=c.blur_fade_kimg,
-    )  # fmt: skip
+    loss = build_loss(c, G, D, augment_pipe)
     t = Trainer(
         G, D, GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup), build_phases(c, G, D), loss, Progress(), augment_pipe, ada
     )
@@ -487,15 +516,37 @@ def resume(c: TrainingConfig, t: Trainer) -> bool:
         t.load_state_dict(checkpoint.load_state(c.resume_state, map_location=next(t.G.parameters()).device))
         return True
     if c.resume_pkl is not None:
-        distributed.print0(f"Starting from the weights of {c.resume_pkl} (no training state: kimg starts at 0)")
         snapshot = checkpoint.load_snapshot(c.resume_pkl)
+        source = snapshot.get("source", "our snapshot format")
+        distributed.print0(f"Starting a new run from the weights of {c.resume_pkl} ({source}; kimg starts at 0)")
         for name, module in [("G", t.G), ("D", t.D), ("G_ema", t.ema.module)]:
-            copied, left = transfer_weights(snapshot[name], module)
-            report = f"{name}: copied {len(copied)} of {len(copied) + len(left)} tensors"
-            if left:
-                report += f"; left at their initialization: {', '.join(left[:6])}" + (", ..." if len(left) > 6 else "")
-            distributed.print0(report)
+            if snapshot.get(name) is None:
+                distributed.print0(f"{name}: the snapshot has none; every tensor starts at its initialization")
+                continue
+            copied, _ = transfer_weights(snapshot[name], module)
+            names = [tensor_name for tensor_name, _ in misc.named_params_and_buffers(module)]
+            summary = describe_transfer(names, copied)
+            distributed.print0(f"{name}: copied {len(copied)} of {len(names)} tensors; {summary}")
     return False
+
+
+def describe_transfer(names: list[str], copied: list[str]) -> str:
+    """Which parts of a network were copied, by layer block in the network's order (`mapping`, `synthesis.b16`,
+    `synthesis.L3_52_512`, D's `b64`): 'all of mapping, synthesis.b4; 3 of 9 of synthesis.b16; none of b32'."""
+    totals: dict[str, list[int]] = {}  # block -> [copied, total]
+    copied_set = set(copied)
+    for name in names:
+        parts = name.split(".")
+        block = ".".join(parts[:2]) if parts[0] == "synthesis" and len(parts) > 2 else parts[0]
+        counts = totals.setdefault(block, [0, 0])
+        counts[0] += name in copied_set
+        counts[1] += 1
+    full = [block for block, (n, total) in totals.items() if n == total]
+    partial = [f"{n} of {total} of {block}" for block, (n, total) in totals.items() if 0 < n < total]
+    empty = [block for block, (n, _) in totals.items() if n == 0]
+    summary = [f"all of {', '.join(full)}"] if full else []
+    summary += partial + ([f"none of {', '.join(empty)}"] if empty else [])
+    return "; ".join(summary)
 
 
 def transfer_weights(src: torch.nn.Module, dst: torch.nn.Module) -> tuple[list[str], list[str]]:
