@@ -39,12 +39,16 @@ def class_labels(G: torch.nn.Module, class_idx: int | None, device: torch.device
 
 
 def parse_grid(value: str | tuple[int, int]) -> tuple[int, int]:
-    """'4x2' -> (4, 2): columns and rows."""
+    """'4x2' or '4,2' -> (4, 2): columns, then rows (the published gen_video.py accepts both spellings)."""
     if isinstance(value, tuple):
         return value
-    parts = value.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise click.BadParameter(f"expected COLUMNSxROWS such as 4x2, got {value!r}")
+    text = value.strip().lower()
+    parts = text.split("x") if "x" in text else text.split(",")
+    # isascii() too: isdigit() alone accepts digits such as superscripts that int() refuses.
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
+        raise click.BadParameter(
+            f"expected WxH or W,H (columns then rows, each at least 1) such as 4x3 or 4,3, got {value!r}"
+        )
     return int(parts[0]), int(parts[1])
 
 

@@ -14,11 +14,18 @@ import dnnlib
 from gen_images import class_labels, load_generator, parse_grid
 
 
-def keyframe_ws(G: torch.nn.Module, seeds: list[int], grid: tuple[int, int], num_keyframes: int | None,
-                truncation_psi: float, label: torch.Tensor) -> np.ndarray:  # fmt: skip
-    """The w of every keyframe of every grid cell, [rows, cols, keyframes, num_ws, w_dim].
+def keyframe_seeds(seeds: list[int], grid: tuple[int, int], num_keyframes: int | None,
+                   shuffle_seed: int | None) -> list[int]:  # fmt: skip
+    """The seed of every keyframe, cell-major: cell (y, x) owns entries (y*W + x)*K .. (y*W + x)*K + K-1.
 
-    Seeds fill the cells row by row, then keyframe by keyframe; they repeat when there are fewer than needed.
+    Args:
+        seeds:         The --seeds list; it repeats when there are fewer seeds than keyframes.
+        grid:          (W, H): columns, then rows.
+        num_keyframes: Keyframes per cell (K); None means len(seeds) / (W*H), which must then be a whole number.
+        shuffle_seed:  Seed of a numpy RandomState that shuffles the expanded list; None keeps the order.
+
+    Returns:
+        K*W*H seeds, ordered as the published gen_video.py orders them, so the same command gives the same keyframes.
     """
     gw, gh = grid
     if num_keyframes is None:
@@ -28,10 +35,24 @@ def keyframe_ws(G: torch.nn.Module, seeds: list[int], grid: tuple[int, int], num
             )
         num_keyframes = len(seeds) // (gw * gh)
     all_seeds = [seeds[i % len(seeds)] for i in range(num_keyframes * gw * gh)]
+    if shuffle_seed is not None:
+        np.random.RandomState(shuffle_seed).shuffle(all_seeds)  # In place, as the published tool does.
+    return all_seeds
+
+
+def keyframe_ws(G: torch.nn.Module, seeds: list[int], grid: tuple[int, int], num_keyframes: int | None,
+                truncation_psi: float, label: torch.Tensor, shuffle_seed: int | None = None) -> np.ndarray:  # fmt: skip
+    """The w of every keyframe of every grid cell, [rows, cols, keyframes, num_ws, w_dim].
+
+    Each cell gets consecutive entries of `keyframe_seeds` as its keyframes, row by row (as in the published tool);
+    z = RandomState(seed).randn(z_dim) per entry.
+    """
+    gw, gh = grid
+    all_seeds = keyframe_seeds(seeds, grid, num_keyframes, shuffle_seed)
     z = torch.from_numpy(np.stack([np.random.RandomState(seed).randn(G.z_dim) for seed in all_seeds]))
     with torch.no_grad():
         ws = G.mapping(z.to(label.device), label.expand(len(all_seeds), -1), truncation_psi=truncation_psi)
-    return ws.cpu().numpy().reshape(num_keyframes, gh, gw, *ws.shape[1:]).transpose(1, 2, 0, 3, 4)
+    return ws.cpu().numpy().reshape(gh, gw, len(all_seeds) // (gw * gh), *ws.shape[1:])
 
 
 def interpolators(ws: np.ndarray) -> list[list[scipy.interpolate.CubicSpline]]:
@@ -73,10 +94,17 @@ def open_writer(path: str, fps: int):
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
 @click.option("--network", "network_pkl", metavar="PATH|URL", required=True, help="Network snapshot pickle.")
 @click.option("--seeds", metavar="LIST", type=dnnlib.util.parse_range, required=True, help="Seeds, e.g. '0-31'.")
-@click.option("--grid", metavar="WxH", type=parse_grid, default="1x1", show_default=True, help="Grid of videos.")
+@click.option(
+    "--grid", metavar="WxH", type=parse_grid, default="1x1", show_default=True,
+    help="Grid of videos: columns x rows, as WxH or W,H.",
+)  # fmt: skip
 @click.option(
     "--num-keyframes", metavar="INT", type=click.IntRange(min=1), help="Keyframes per cell  [default: seeds/cells]."
 )
+@click.option(
+    "--shuffle-seed", metavar="INT", type=click.IntRange(min=0, max=2**32 - 1),
+    help="Shuffle the keyframe seeds with this seed  [default: no shuffle].",
+)  # fmt: skip
 @click.option(
     "--w-frames", metavar="INT", type=click.IntRange(min=1), default=120, show_default=True,
     help="Frames between keyframes.",
@@ -97,6 +125,7 @@ def main(
     seeds: list[int],
     grid: tuple[int, int],
     num_keyframes: int | None,
+    shuffle_seed: int | None,
     w_frames: int,
     truncation_psi: float,
     class_idx: int | None,
@@ -107,17 +136,25 @@ def main(
 ) -> None:
     """Render a looping video that interpolates between the latents of the seeds (cubic splines in W).
 
-    Each grid cell shows its own sequence of keyframes; the video has num_keyframes * w_frames frames.
+    The keyframe seeds are handed out as in the published StyleGAN3 gen_video.py, so the same command shows the same
+    keyframes: each grid cell, row by row, gets consecutive seeds as its keyframes (4 each for 32 seeds on a 4x2
+    grid). The video has num_keyframes * w_frames frames and shows keyframe k at frame k * w_frames.
 
     Examples:
 
     \b
+    # 8 cells, 4 keyframes each (cell 0: seeds 0-3, cell 1: seeds 4-7, ...).
     python gen_video.py --network=network-snapshot-000400.pkl --seeds=0-31 --grid=4x2 --output=lerp.mp4
+
+    \b
+    # The same 32 seeds shuffled over the cells, at truncation 0.7.
+    python gen_video.py --network=network-snapshot-000400.pkl --seeds=0-31 --grid=4,2 --shuffle-seed=1 \\
+        --trunc=0.7 --output=lerp.mp4
     """
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     G = load_generator(network_pkl, device)
     label = class_labels(G, class_idx, device)
-    ws = keyframe_ws(G, seeds, grid, num_keyframes, truncation_psi, label)
+    ws = keyframe_ws(G, seeds, grid, num_keyframes, truncation_psi, label, shuffle_seed)
     splines = interpolators(ws)
     num_frames = ws.shape[2] * w_frames
     if os.path.dirname(output):
