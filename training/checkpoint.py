@@ -2,7 +2,8 @@
 
 A snapshot `network-snapshot-KKKKKK.pkl` is a pickle of a dict with the modules `G`, `D`, `G_ema` (eval mode,
 on the CPU, requires_grad off), `augment_pipe` and the dict `training_set_kwargs`. Unpickling it needs only
-this package importable. A training state `training-state-KKKKKK.pt` holds state dicts, optimizer states and
+this package importable; our tools read it (and the published formats) with a restricted unpickler.
+A training state `training-state-KKKKKK.pt` holds state dicts, optimizer states and
 counters, readable with `torch.load(weights_only=True)`.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-import dnnlib
+from training import legacy
 
 STATE_VERSION = 1  # Bump when the layout of training states changes.
 KEEP_STATES = 2  # Training states kept per run; older ones are deleted once a newer one is complete.
@@ -76,14 +77,16 @@ def save_snapshot(
 
 
 def load_snapshot(path_or_url: str) -> dict[str, Any]:
-    """Read a network snapshot from a path or URL; the error names the file and what was expected."""
-    with dnnlib.util.open_url(path_or_url, verbose=True) as f:
-        try:
-            snapshot = pickle.load(f)
-        except Exception as error:
-            raise ValueError(f"{path_or_url} is not a readable network snapshot pickle ({error})") from error
-    if not isinstance(snapshot, dict) or "G_ema" not in snapshot:
-        raise ValueError(f"{path_or_url} is not a network snapshot: expected a dict with G, D and G_ema")
+    """Read a network snapshot from a path or URL: ours, a published PyTorch pickle or a TensorFlow StyleGAN2 one.
+
+    Every pickle goes through the restricted unpickler of `training.safe_pickle`, so nothing the file carries
+    runs; published networks are rebuilt as our classes (`training.legacy`). Errors (ValueError) name the file
+    and the problem. Published pickles add the entry `source` saying what they were.
+    """
+    loaded = legacy.load_network_pkl(path_or_url)
+    snapshot = dict(loaded.snapshot)
+    if loaded.source_format != "ganforge":
+        snapshot["source"] = loaded.source_format
     return snapshot
 
 
