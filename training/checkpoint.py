@@ -63,15 +63,19 @@ def save_snapshot(
     D: torch.nn.Module,
     G_ema: torch.nn.Module,
     augment_pipe: torch.nn.Module | None,
-    training_set_kwargs: dict[str, Any],
+    training_set_kwargs: dict[str, Any] | None,
 ) -> None:
-    """Write a network snapshot pickle atomically."""
+    """Write a network snapshot pickle atomically.
+
+    Args:
+        training_set_kwargs: The dataset's ImageFolderDataset arguments; None when unknown (converted networks).
+    """
     snapshot = {
         "G": frozen_copy(G),
         "D": frozen_copy(D),
         "G_ema": frozen_copy(G_ema),
         "augment_pipe": frozen_copy(augment_pipe),
-        "training_set_kwargs": dict(training_set_kwargs),
+        "training_set_kwargs": None if training_set_kwargs is None else dict(training_set_kwargs),
     }
     atomic_write(path, lambda f: pickle.dump(snapshot, f, protocol=pickle.HIGHEST_PROTOCOL))
 

@@ -140,7 +140,8 @@ CHECKED_ATTRIBUTES = words(
 
 
 def translate_kwargs(record: PersistentRecord, spec: Translation, label: str) -> tuple[dict[str, Any], list[str]]:
-    """Our constructor arguments for a published object, and notes on what was dropped or defaulted."""
+    """Our constructor arguments for a published object, and notes on what was dropped or defaulted (`label`
+    names it in errors)."""
     kwargs = record.init_kwargs
     kwargs.update(kwargs.pop("synthesis_kwargs", None) or {})  # StyleGAN2-ADA-PyTorch nests them; StyleGAN3 not.
     ours: dict[str, Any] = {}
@@ -149,13 +150,13 @@ def translate_kwargs(record: PersistentRecord, spec: Translation, label: str) ->
         if key in spec.required:
             _check_required(record, spec, key, value, label)
         elif key in spec.dropped:
-            notes.append(f"{label}: ignored {key}={value!r} ({spec.dropped[key]})")
+            notes.append(f"ignored {key}={value!r} ({spec.dropped[key]})")
         elif key in spec.nested:
             inner = {}
             for inner_key, inner_value in (value or {}).items():
                 full = f"{key}.{inner_key}"
                 if full in spec.dropped:
-                    notes.append(f"{label}: ignored {full}={inner_value!r} ({spec.dropped[full]})")
+                    notes.append(f"ignored {full}={inner_value!r} ({spec.dropped[full]})")
                 elif inner_key in spec.nested[key]:
                     inner[inner_key] = inner_value
                 else:
@@ -177,7 +178,7 @@ def translate_kwargs(record: PersistentRecord, spec: Translation, label: str) ->
     for key, published_class in spec.defaults.items():
         if key not in ours:
             ours[key] = record.source.default(published_class, key)
-            notes.append(f"{label}: {key}={ours[key]!r}, the published {published_class}'s default")
+            notes.append(f"{key}={ours[key]!r}, the published {published_class}'s default")
     return ours, notes
 
 

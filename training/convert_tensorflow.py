@@ -217,5 +217,5 @@ def convert_tf(tf: Any, kind: str, label: str) -> tuple[torch.nn.Module, list[st
         value = tensor_of(name, get)
         values[name] = target if value is None else np.array(value, dtype=np.float32)  # A contiguous copy.
     copy_tensors(values, module, label)
-    notes = [f"{label}: TensorFlow variables not used: {', '.join(get.unused())}"] if get.unused() else []
+    notes = [f"TensorFlow variables not used: {', '.join(get.unused())}"] if get.unused() else []
     return module.eval().requires_grad_(False), notes

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from typing import Any, BinaryIO
 
 import click
@@ -80,15 +79,13 @@ def _from_published(data: dict[str, Any], file_name: str) -> LoadedNetworks:
         if value is None:
             snapshot[key] = None
             continue
-        module, module_notes = convert_published(value, f"{file_name}: {key}")
-        module_notes = [note.removeprefix(f"{file_name}: ") for note in module_notes]
-        snapshot[key] = module
-        notes += module_notes
+        snapshot[key], module_notes = convert_published(value, f"{file_name}: {key}")
+        notes += [f"{key}: {note}" for note in module_notes]
         families.add(value.source.family)
     snapshot["training_set_kwargs"] = dataset_kwargs_of(data.get("training_set_kwargs"))
     ignored = sorted(set(data) - set(NETWORK_KEYS) - {"training_set_kwargs"})
     if ignored:
-        notes.append(f"{file_name}: ignored entries {', '.join(map(str, ignored))}")
+        notes.append(f"ignored entries {', '.join(map(str, ignored))}")
     families.discard("augment")
     return LoadedNetworks(snapshot, f"published PyTorch ({'/'.join(sorted(families))})", notes)
 
@@ -99,7 +96,7 @@ def _from_tensorflow(data: tuple, file_name: str) -> LoadedNetworks:
     snapshot: dict[str, Any] = {"augment_pipe": None, "training_set_kwargs": None}
     for key, tf, kind in [("G", data[0], "G"), ("D", data[1], "D"), ("G_ema", data[2], "G")]:
         snapshot[key], module_notes = convert_tf(tf, kind, f"{file_name}: {key}")
-        notes += [note.removeprefix(f"{file_name}: ") for note in module_notes]
+        notes += [f"{key}: {note}" for note in module_notes]
     return LoadedNetworks(
         {key: snapshot[key] for key in (*NETWORK_KEYS, "training_set_kwargs")}, "TensorFlow StyleGAN2", notes
     )
@@ -133,7 +130,7 @@ def describe_network(module: torch.nn.Module | None) -> str:
     }.get(type(module), type(module).__name__)
     if isinstance(module, networks_stylegan3.Generator):
         kernels = {getattr(layer, "conv_kernel", None) for layer in module.synthesis.modules()}
-        kind = "StyleGAN3-R generator" if 1 in kernels - {None} and 3 not in kernels else "StyleGAN3-T generator"
+        kind = "StyleGAN3-T generator" if 3 in kernels else "StyleGAN3-R generator"  # R: 1x1 convolutions only.
     size = getattr(module, "img_resolution", "?")
     c_dim = getattr(module, "c_dim", 0)
     parts = [
@@ -146,14 +143,6 @@ def describe_network(module: torch.nn.Module | None) -> str:
         parts.append(f"z {module.z_dim}, w {module.w_dim}")
     parts.append(f"{count:,} parameters")
     return ", ".join(parts)
-
-
-def write_snapshot(snapshot: dict[str, Any], dest: str) -> None:
-    """Write our snapshot format (a pickle of the dict) atomically."""
-    from training.checkpoint import atomic_write  # Deferred: checkpoint imports this module.
-
-    content = {key: snapshot.get(key) for key in (*NETWORK_KEYS, "training_set_kwargs")}
-    atomic_write(dest, lambda f: pickle.dump(content, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
@@ -173,6 +162,8 @@ def main(source: str, dest: str, force: bool) -> None:
     python -m training.legacy --source=stylegan3-t-ffhq-1024x1024.pkl --dest=sg3t-ffhq.pkl
     python -m training.legacy --source=stylegan2-ffhq-config-f.pkl --dest=sg2-ffhq.pkl
     """
+    from training import checkpoint  # Deferred: checkpoint imports this module.
+
     if os.path.exists(dest) and not force:
         raise click.ClickException(f"--dest={dest} exists; pass --force to replace it")
     try:
@@ -186,7 +177,9 @@ def main(source: str, dest: str, force: bool) -> None:
         click.echo(f"Note: {note}")
     if os.path.dirname(dest):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-    write_snapshot(loaded.snapshot, dest)
+    checkpoint.save_snapshot(
+        dest, *(loaded.snapshot[key] for key in NETWORK_KEYS), loaded.snapshot["training_set_kwargs"]
+    )
     click.echo(f"Wrote {dest}")
 
 

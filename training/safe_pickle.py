@@ -141,12 +141,11 @@ def referenced_record_class(module: str, name: str) -> type[ReferencedRecord]:
 class PersistentRecord(ModuleRecord):
     """An object pickled by the published `torch_utils.persistence`: class name, source module and state."""
 
-    def __init__(self, source: PublishedSource, class_name: str, state: dict[str, Any], version: int):
+    def __init__(self, source: PublishedSource, class_name: str, state: dict[str, Any]):
         super().__init__()
         self.source = source
         self.class_name = class_name
         self.state = dict(state)
-        self.version = version
 
     @property
     def description(self) -> str:
@@ -174,7 +173,6 @@ class TFNetworkRecord:
         self.name = str(state.get("name", ""))
         self.static_kwargs = plain(dict(state.get("static_kwargs") or {}))
         self.components = dict(state.get("components") or {})
-        self.build_func_name = str(state.get("build_func_name", ""))
         self.own_variables = [(str(name), np.asarray(value)) for name, value in state.get("variables") or []]
 
     def variables(self) -> dict[str, np.ndarray]:
@@ -199,14 +197,18 @@ def plain(value: Any) -> Any:
     return value
 
 
+def module_state(module: Any, name: str = "the network") -> dict[str, Any]:
+    """The pickled `__dict__` of a record or a torch module (parameters, buffers, submodules, attributes)."""
+    if isinstance(module, ModuleRecord):
+        return module.state
+    if isinstance(module, torch.nn.Module):
+        return module.__dict__
+    raise SnapshotError(f"{name} is a {type(module).__name__}, not a module")
+
+
 def named_tensors(module: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """The persistent parameters and buffers of a record or torch module tree, by qualified name."""
-    if isinstance(module, ModuleRecord):
-        state = module.state
-    elif isinstance(module, torch.nn.Module):
-        state = module.__dict__
-    else:
-        raise SnapshotError(f"{prefix.rstrip('.') or 'the network'} is a {type(module).__name__}, not a module")
+    state = module_state(module, prefix.rstrip(".") or "the network")
     skipped = set(state.get("_non_persistent_buffers_set") or ())
     tensors = {}
     for group in ("_parameters", "_buffers"):
@@ -222,8 +224,7 @@ def named_tensors(module: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 def find_submodule(module: Any, path: str) -> Any:
     """The record or module at dotted `path` below `module`, or None."""
     for part in path.split(".") if path else []:
-        state = module.state if isinstance(module, ModuleRecord) else getattr(module, "__dict__", {})
-        module = (state.get("_modules") or {}).get(part)
+        module = (module_state(module).get("_modules") or {}).get(part)
         if module is None:
             return None
     return module
@@ -231,8 +232,7 @@ def find_submodule(module: Any, path: str) -> Any:
 
 def module_attributes(module: Any) -> dict[str, Any]:
     """The plain attributes of a record or module (its `__dict__` without torch's bookkeeping)."""
-    state = module.state if isinstance(module, ModuleRecord) else module.__dict__
-    return {name: value for name, value in state.items() if not name.startswith("_")}
+    return {name: value for name, value in module_state(module).items() if not name.startswith("_")}
 
 
 # ----------------------------------------------------------------------------
@@ -370,7 +370,6 @@ class SnapshotUnpickler(pickle.Unpickler):
             self._sources[source_text],
             str(meta.get("class_name")),
             dict(meta.get("state") or {}),
-            int(meta.get("version", 0)),
         )
 
 
