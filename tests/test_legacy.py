@@ -333,6 +333,13 @@ def test_converter_writes_our_format_atomically_and_reports(tmp_path, marker):
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 1 and "exists; pass --force" in result.stderr and dest.read_bytes() == before
     assert subprocess.run(command + ["--force"], capture_output=True, cwd=REPO).returncode == 0
+    # A destination that cannot be written is a message naming it, not a traceback.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    command[-1] = f"--dest={blocked / 'converted.pkl'}"
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and f"--dest={blocked / 'converted.pkl'}: cannot write it" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_gen_images_renders_a_published_pickle_like_its_conversion(tmp_path, marker):

@@ -175,11 +175,14 @@ def main(source: str, dest: str, force: bool) -> None:
         click.echo(f"{key + ':':<14}{describe_network(loaded.snapshot.get(key))}")
     for note in loaded.notes:
         click.echo(f"Note: {note}")
-    if os.path.dirname(dest):
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-    checkpoint.save_snapshot(
-        dest, *(loaded.snapshot[key] for key in NETWORK_KEYS), loaded.snapshot["training_set_kwargs"]
-    )
+    try:
+        if os.path.dirname(dest):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        checkpoint.save_snapshot(
+            dest, *(loaded.snapshot[key] for key in NETWORK_KEYS), loaded.snapshot["training_set_kwargs"]
+        )
+    except OSError as error:  # The write is atomic: nothing is left under --dest.
+        raise click.ClickException(f"--dest={dest}: cannot write it ({error})") from None
     click.echo(f"Wrote {dest}")
 
 
