@@ -3,6 +3,9 @@
 import io
 import json
 import pickle
+import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -99,7 +102,8 @@ def test_missing_label_is_an_error(tmp_path):
     (path / "dataset.json").write_text(json.dumps({"labels": [[names[0], 0]]}))
     with pytest.raises(DatasetError, match=names[1]):
         ImageFolderDataset(str(path), use_labels=True)
-    assert len(ImageFolderDataset(str(path))) == 3  # Unconditional training does not read dataset.json.
+    with pytest.warns(UserWarning, match=names[1]):
+        assert len(ImageFolderDataset(str(path))) == 3  # Unconditional training only warns.
 
 
 def test_xflip_appends_mirrored_copies(tmp_path):
@@ -143,10 +147,13 @@ def test_resolution_mismatch_names_path_and_sizes(tmp_path):
 def test_differently_shaped_image_names_the_file(tmp_path):
     path, names = write_dataset(tmp_path / "d", random_images(3, 3))
     (path / names[2]).write_bytes(png_bytes(random_images(1, 3, size=16)[0]))
-    dataset = ImageFolderDataset(str(path))
+    with pytest.raises(DatasetError, match=f"{names[2]} has 16x16 pixels but the first image is 8x8"):
+        ImageFolderDataset(str(path))  # The sample checked at open includes the last image.
+    dataset = ImageFolderDataset(str(path), check=False)
     dataset[1]  # noqa: B018 - reading a good image works
-    with pytest.raises(DatasetError, match=names[2]):
+    with pytest.raises(DatasetError, match=names[2]) as error:
         dataset[2]  # noqa: B018
+    assert "dataset_tool.py" in str(error.value) and "--info" in str(error.value)
 
 
 def test_rgba_is_refused_with_advice(tmp_path):
@@ -198,3 +205,98 @@ def test_pil_fallback_matches_pyspng(tmp_path, monkeypatch):
         for a, b, expected in zip(fast, slow, images, strict=True):
             np.testing.assert_array_equal(a, expected)
             np.testing.assert_array_equal(b, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Damaged data: found when the dataset is opened where that is affordable, otherwise at the read, always named.
+
+
+def forge_member_size(path: Path, member: str, size: int) -> None:
+    """Make the central directory of zip `path` claim `size` bytes for `member`, as a damaged zip might."""
+    data = bytearray(path.read_bytes())
+    pos = data.find(b"PK\x01\x02")  # A central directory entry: sizes at +20 and +24, name length at +28.
+    while pos != -1:
+        name_length = struct.unpack_from("<H", data, pos + 28)[0]
+        if data[pos + 46 : pos + 46 + name_length].decode() == member:
+            struct.pack_into("<II", data, pos + 20, size, size)  # Compressed and uncompressed size.
+        pos = data.find(b"PK\x01\x02", pos + 46)
+    path.write_bytes(bytes(data))
+
+
+def test_member_claiming_gigabytes_is_refused_unread(tmp_path, monkeypatch):
+    path, names = write_dataset(tmp_path / "d", random_images(4, 3), as_zip=True)
+    forge_member_size(path, names[2], 2 << 30)
+    with pytest.raises(DatasetError, match=rf"d\.zip: {names[2]} claims 2,147,483,648 bytes.*--info"):
+        ImageFolderDataset(str(path))
+
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile, "open", lambda self, name, *a, **k: opened.append(name) or real_open(self, name, *a, **k)
+    )
+    dataset = ImageFolderDataset(str(path), check=False)
+    with pytest.raises(DatasetError, match=f"{names[2]} holds more than"):
+        dataset[2]  # noqa: B018
+    assert names[2] not in opened  # Refused on the central directory's word, not after reading 2 GiB.
+    np.testing.assert_array_equal(dataset[3][0], random_images(4, 3)[3])
+
+
+def test_damaged_zip_and_other_files(tmp_path):
+    path, _ = write_dataset(tmp_path / "d", random_images(3, 3), as_zip=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # A truncated download: no central directory.
+    with pytest.raises(DatasetError, match=r"d\.zip: the zip file is damaged"):
+        ImageFolderDataset(str(path))
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match="not a folder or a zip file"):
+        ImageFolderDataset(str(tmp_path / "notes.txt"))
+
+
+def test_corrupt_image_is_found_at_open_or_at_the_read(tmp_path):
+    path, names = write_dataset(tmp_path / "d", random_images(40, 3))
+    garbage = b"\x89PNG\r\n\x1a\n but then garbage"
+    (path / names[39]).write_bytes(garbage)
+    with pytest.raises(DatasetError, match=f"cannot read {names[39]}"):
+        ImageFolderDataset(str(path))  # The last image is in the sample decoded at open.
+    (path / names[39]).write_bytes(png_bytes(random_images(1, 3)[0]))
+    (path / names[1]).write_bytes(garbage)  # Not in the sample: found when read.
+    dataset = ImageFolderDataset(str(path))
+    with pytest.raises(DatasetError, match=f"cannot read {names[1]}.*dataset_tool.py --source=.*--info"):
+        dataset[1]  # noqa: B018
+
+
+def test_damaged_image_in_a_dataloader_worker_is_a_clean_dataset_error(tmp_path):
+    images = random_images(6, 3)
+    path, names = write_dataset(tmp_path / "d", images, as_zip=True)
+    data = bytearray(path.read_bytes())
+    start = data.index(png_bytes(images[4]))
+    data[start + 40 : start + 60] = bytes(20)  # Corrupt pixel data inside the stored member: its CRC fails.
+    path.write_bytes(bytes(data))
+    dataset = ImageFolderDataset(str(path), check=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, shuffle=False)
+    with pytest.raises(DatasetError) as error:
+        list(loader)
+    message = str(error.value)
+    assert message.startswith(f"{path}: cannot read {names[4]}"), message
+    assert "Traceback" not in message and "--info" in message
+    assert "Traceback" in error.value.traceback  # The worker's traceback is kept for debugging.
+
+
+def test_dataset_error_pickles_with_its_advice():
+    error = pickle.loads(pickle.dumps(DatasetError("x.zip: bad", "re-create it")))
+    assert (error.problem, error.advice, str(error)) == ("x.zip: bad", "re-create it", "x.zip: bad; re-create it")
+
+
+def test_malformed_labels_only_matter_when_used(tmp_path):
+    path, _ = write_dataset(tmp_path / "d", random_images(3, 3), labels=[0, 1, 2])
+    (path / "dataset.json").write_text('{"labels": [["00000/img00000000.png", 0], oops')
+    with pytest.warns(UserWarning, match=r"dataset\.json.*ignored because they are not used"):
+        dataset = ImageFolderDataset(str(path))
+    assert len(dataset) == 3 and not dataset.has_labels and dataset[0][1].shape == (0,)
+    with pytest.raises(DatasetError, match=r"d/dataset\.json: expected"):
+        ImageFolderDataset(str(path), use_labels=True)
+
+
+def test_importing_the_dataset_module_does_not_import_torch():
+    code = "import sys, training.dataset, dataset_tool; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
