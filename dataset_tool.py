@@ -3,10 +3,16 @@
 Reads a folder or zip of images, an LSUN LMDB folder, the CIFAR-10 python tarball, MNIST idx files, or the
 built-in `demo:shapes` dataset. See docs/datasets.md. The steps: build and validate the config, open the
 source, convert every image into a temporary sibling of --dest, move it into place.
+
+Conversion streams: the main process reads the source in order and hands each image to a pool of worker
+processes that decode, transform and encode it; at most IN_FLIGHT_PER_WORKER images per worker are in flight,
+and the results are written in source order, so the output is the same bytes whatever --workers is.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import gzip
@@ -14,19 +20,22 @@ import importlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import pickle
 import random
 import re
 import secrets
 import shutil
+import signal
 import struct
 import tarfile
+import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import click
 import numpy as np
@@ -35,10 +44,25 @@ import PIL.ImageDraw
 import PIL.ImageOps
 from tqdm import tqdm
 
-from training.dataset import IMAGE_EXTENSIONS, LABELS_FILE, DatasetError, ImageFolderDataset, is_hidden
+from training.dataset import (
+    IMAGE_EXTENSIONS,
+    LABELS_FILE,
+    DatasetError,
+    ImageFolderDataset,
+    has_zip_signature,
+    is_hidden,
+)
 
 IMAGES_PER_FOLDER = 1000
 MAX_SKIPPED_SHOWN = 5  # Unreadable files named in the final summary; each one is also reported as it is met.
+# Largest source image file read; a bigger one (or a zip member whose header claims more) is refused unread.
+# 256 MiB holds a 40-megapixel 16-bit RGBA TIFF; photos and dataset images are a small fraction of it.
+MAX_SOURCE_IMAGE_BYTES = 256 << 20
+# PNG compression of the output images. Level 1 is 40% smaller than level 0 and decodes at 1.6 ms per 256x256
+# image, well above what a GPU consumes; level 6 saves 14% more but encodes 2.5x slower (docs/performance.md).
+DEFAULT_COMPRESS_LEVEL = 1
+IN_FLIGHT_PER_WORKER = 2  # Images handed to each worker ahead of the writer: one being converted, one queued.
+MIN_IMAGES_PER_WORKER = 32  # Fewer images than this per worker convert faster in this process than in a pool.
 
 Label = int | list[float] | None  # As stored in dataset.json: a class index or a vector.
 
@@ -96,6 +120,8 @@ class ToolConfig:
     force: bool  # Replace an existing non-empty dest.
     strict: bool  # Fail on an unreadable image instead of skipping it.
     info: bool  # Describe the dataset at `source` instead of converting.
+    workers: int | None = None  # Processes converting images; None: one per available core (available_cores()).
+    compress_level: int | None = None  # zlib level 0-9 of the output PNGs; None: DEFAULT_COMPRESS_LEVEL.
 
 
 def is_nonempty(path: Path) -> bool:
@@ -118,6 +144,8 @@ def validate_config(cfg: ToolConfig) -> None:
                 ("--channels", cfg.channels is not None),
                 ("--force", cfg.force),
                 ("--strict", cfg.strict),
+                ("--workers", cfg.workers is not None),
+                ("--compress-level", cfg.compress_level is not None),
             ]
             if given
         ]
@@ -159,16 +187,81 @@ def validate_config(cfg: ToolConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Sources: each opener yields a Source whose items decode lazily, so an unreadable file is reported by name.
+# Sources: each opener yields a Source whose items are fetched in order by the main process (file reads, zip
+# and database lookups) and decoded by a worker, so an unreadable file is reported by name, in order.
+
+
+class ImagePayload(Protocol):
+    """What a worker process receives for one image: picklable, and decoded by `decode()` in the worker."""
+
+    def decode(self) -> PIL.Image.Image:
+        """The decoded image; raises UnreadableImage naming the source file if it cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """The bytes of an image file, read by the main process (a zip member, an LMDB value)."""
+
+    name: str  # Where the image comes from, as shown in messages.
+    data: bytes
+
+    def decode(self) -> PIL.Image.Image:
+        """Decode the bytes."""
+        return decode_image_bytes(self.data, self.name)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file in a folder, read by the worker that decodes it (which spreads the reads over the pool)."""
+
+    name: str
+    path: str
+
+    def decode(self) -> PIL.Image.Image:
+        """Read the file (at most MAX_SOURCE_IMAGE_BYTES of it) and decode it."""
+        try:
+            with open(self.path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size > MAX_SOURCE_IMAGE_BYTES:
+                    raise UnreadableImage(too_big_message(self.name, size))
+                data = file.read(MAX_SOURCE_IMAGE_BYTES + 1)  # Bounded even if the file grows meanwhile.
+        except OSError as err:
+            raise UnreadableImage(f"{self.name}: {err}") from err
+        if len(data) > MAX_SOURCE_IMAGE_BYTES:
+            raise UnreadableImage(too_big_message(self.name, len(data)))
+        return decode_image_bytes(data, self.name)
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Decoded pixels (CIFAR-10, MNIST): uint8 [H, W] or [H, W, C]."""
+
+    array: np.ndarray
+
+    def decode(self) -> PIL.Image.Image:
+        """Wrap the pixels as an image."""
+        return PIL.Image.fromarray(self.array)
+
+
+@dataclass(frozen=True)
+class ShapesScene:
+    """Demo image `index` of demo:shapes, drawn at `size` x `size` by the worker."""
+
+    index: int
+    size: int
+
+    def decode(self) -> PIL.Image.Image:
+        """Draw the scene."""
+        return render_shapes_scene(self.index, self.size)[0]
 
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One input image, decoded only when `read()` is called."""
+    """One input image; `fetch()` runs in the main process, in source order, and may raise UnreadableImage."""
 
     name: str  # Where the image comes from, as shown in messages.
     label: Label  # Carried into the output dataset.json.
-    read: Callable[[], PIL.Image.Image]  # Raises UnreadableImage for a corrupt file.
+    fetch: Callable[[], ImagePayload]  # Reads what the main process must (the bytes of a zip member, ...).
 
 
 @dataclass
@@ -181,11 +274,19 @@ class Source:
     items: Iterator[SourceItem]
 
 
-def read_image(load_bytes: Callable[[], bytes], name: str) -> PIL.Image.Image:
-    """Load and fully decode one encoded image; any failure becomes UnreadableImage naming `name`."""
+def too_big_message(name: str, size: int) -> str:
+    """Why a source file over MAX_SOURCE_IMAGE_BYTES is refused."""
+    return (
+        f"{name}: {size / 2**20:,.0f} MiB, more than the {MAX_SOURCE_IMAGE_BYTES >> 20} MiB one image file may "
+        f"hold (a damaged archive, or an image to shrink before converting)"
+    )
+
+
+def decode_image_bytes(data: bytes, name: str) -> PIL.Image.Image:
+    """Fully decode one encoded image; any failure becomes UnreadableImage naming `name`."""
     try:
         try:
-            image = PIL.Image.open(io.BytesIO(load_bytes()))
+            image = PIL.Image.open(io.BytesIO(data))
         except PIL.UnidentifiedImageError as err:  # Its own message names a BytesIO object, not the file.
             raise UnreadableImage(f"{name}: not an image file Pillow can decode") from err
         image.load()  # PIL decodes lazily; force it here so truncated files fail now, not later.
@@ -211,7 +312,10 @@ def parse_source_labels(data: bytes, where: str) -> dict[str, Label] | None:
 
 
 def labelled_items(
-    names: list[str], labels: dict[str, Label] | None, where: str, make_read: Callable[[str], Callable[[], Any]]
+    names: list[str],
+    labels: dict[str, Label] | None,
+    where: str,
+    make_fetch: Callable[[str], Callable[[], ImagePayload]],
 ) -> Iterator[SourceItem]:
     """Check every image has a label (when there are labels) and yield the items in `names` order.
 
@@ -224,7 +328,7 @@ def labelled_items(
                 f"{where}/{LABELS_FILE} has no label for {missing[0]} ({len(missing)} images without one); "
                 f"add the missing labels or remove {LABELS_FILE}"
             )
-    return (SourceItem(f"{where}/{name}", None if labels is None else labels[name], make_read(name)) for name in names)
+    return (SourceItem(f"{where}/{name}", None if labels is None else labels[name], make_fetch(name)) for name in names)
 
 
 def is_image_name(relpath: str) -> bool:
@@ -244,12 +348,28 @@ def open_folder_source(path: Path) -> Iterator[Source]:
     labels_path = path / LABELS_FILE
     labels = parse_source_labels(labels_path.read_bytes(), str(labels_path)) if labels_path.is_file() else None
 
-    def make_read(name: str) -> Callable[[], PIL.Image.Image]:
-        """A reader for one file in the folder."""
-        return functools.partial(read_image, (path / name).read_bytes, f"{path}/{name}")
+    def make_fetch(name: str) -> Callable[[], ImagePayload]:
+        """The file's path; the worker reads it."""
+        return functools.partial(ImageFile, f"{path}/{name}", str(path / name))
 
-    items = labelled_items(names, labels, str(path), make_read)
+    items = labelled_items(names, labels, str(path), make_fetch)
     yield Source(f"folder {path}", len(names), labels is not None, items)
+
+
+def read_zip_member(archive: zipfile.ZipFile, member: str, name: str) -> EncodedImage:
+    """The bytes of one zip member, refused unread if its header claims more than MAX_SOURCE_IMAGE_BYTES."""
+    info = archive.getinfo(member)
+    claimed = max(info.file_size, info.compress_size)
+    if claimed > MAX_SOURCE_IMAGE_BYTES:
+        raise UnreadableImage(too_big_message(name, claimed) + "; its zip header says so, so it was not read")
+    try:
+        with archive.open(info) as file:
+            data = file.read(MAX_SOURCE_IMAGE_BYTES + 1)  # Bounded even if the header lies.
+    except Exception as err:  # zipfile raises BadZipFile, zlib.error, EOFError, ... for a damaged member.
+        raise UnreadableImage(f"{name}: damaged zip entry ({err})") from err
+    if len(data) > MAX_SOURCE_IMAGE_BYTES:
+        raise UnreadableImage(too_big_message(name, len(data)))
+    return EncodedImage(name, data)
 
 
 @contextlib.contextmanager
@@ -257,19 +377,36 @@ def open_zip_source(path: Path) -> Iterator[Source]:
     """Images in a zip file, sorted by path; labels from dataset.json at its root."""
     try:
         archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise click.ClickException(f"--source {path}: cannot open the zip file: {err}") from err
+    except OSError as err:
+        raise click.ClickException(f"--source {path}: cannot read the file: {err}") from err
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:  # What the zip reader raises on bad data.
+        raise click.ClickException(
+            f"--source {path}: the zip file is damaged ({err}), perhaps a truncated download or copy; "
+            f"download or copy it again"
+        ) from err
     with archive:
         names = sorted(name for name in archive.namelist() if is_image_name(name))
-        has_labels_file = LABELS_FILE in archive.namelist()
-        labels = parse_source_labels(archive.read(LABELS_FILE), f"{path}/{LABELS_FILE}") if has_labels_file else None
+        labels = None
+        if LABELS_FILE in archive.namelist():
+            try:
+                labels_data = read_zip_member(archive, LABELS_FILE, f"{path}/{LABELS_FILE}").data
+            except UnreadableImage as err:
+                raise click.ClickException(f"cannot read {err}") from err
+            labels = parse_source_labels(labels_data, f"{path}/{LABELS_FILE}")
 
-        def make_read(name: str) -> Callable[[], PIL.Image.Image]:
-            """A reader for one zip member."""
-            return functools.partial(read_image, functools.partial(archive.read, name), f"{path}/{name}")
+        def make_fetch(name: str) -> Callable[[], ImagePayload]:
+            """A reader of one zip member."""
+            return functools.partial(read_zip_member, archive, name, f"{path}/{name}")
 
-        items = labelled_items(names, labels, str(path), make_read)
+        items = labelled_items(names, labels, str(path), make_fetch)
         yield Source(f"zip file {path}", len(names), labels is not None, items)
+
+
+def lmdb_payload(name: str, value: bytes) -> EncodedImage:
+    """One LMDB value as an encoded image, refused if over MAX_SOURCE_IMAGE_BYTES."""
+    if len(value) > MAX_SOURCE_IMAGE_BYTES:
+        raise UnreadableImage(too_big_message(name, len(value)))
+    return EncodedImage(name, value)
 
 
 @contextlib.contextmanager
@@ -293,7 +430,7 @@ def open_lmdb_source(path: Path) -> Iterator[Source]:
         with env.begin(write=False) as txn:
             for key, value in txn.cursor():
                 name = f"{path}:{key.decode('utf-8', 'replace')}"
-                yield SourceItem(name, None, functools.partial(read_image, functools.partial(bytes, value), name))
+                yield SourceItem(name, None, functools.partial(lmdb_payload, name, value))
 
     item_iter = items()
     try:
@@ -357,10 +494,7 @@ def open_cifar10_source(path: Path) -> Iterator[Source]:
     except (tarfile.TarError, OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
         raise click.ClickException(f"--source {path}: cannot read the CIFAR-10 tarball: {err}") from err
     pixels = np.concatenate(images)
-    items = (
-        SourceItem(f"{path}[{i}]", labels[i], functools.partial(PIL.Image.fromarray, pixels[i]))
-        for i in range(len(pixels))
-    )
+    items = (SourceItem(f"{path}[{i}]", labels[i], functools.partial(Pixels, pixels[i])) for i in range(len(pixels)))
     yield Source(f"CIFAR-10 tarball {path}", len(pixels), True, items)
 
 
@@ -398,7 +532,7 @@ def open_mnist_source(path: Path) -> Iterator[Source]:
         SourceItem(
             f"{path}[{i}]",
             None if labels is None else int(labels[i]),
-            functools.partial(PIL.Image.fromarray, digits[i]),
+            functools.partial(Pixels, digits[i]),
         )
         for i in range(len(digits))
     )
@@ -501,12 +635,8 @@ def open_shapes_demo(cfg: ToolConfig) -> Iterator[Source]:
     size = cfg.resolution[0] if cfg.resolution is not None else DEMO_SHAPES_RESOLUTION
     count = DEMO_SHAPES_COUNT if cfg.max_images is None else min(DEMO_SHAPES_COUNT, cfg.max_images)
 
-    def render(index: int) -> PIL.Image.Image:
-        """Draw image `index` at this run's size."""
-        return render_shapes_scene(index, size)[0]
-
     items = (
-        SourceItem(f"demo:shapes[{i}]", sample_shapes_scene(i)[1][-1].kind, functools.partial(render, i))
+        SourceItem(f"demo:shapes[{i}]", sample_shapes_scene(i)[1][-1].kind, functools.partial(ShapesScene, i, size))
         for i in range(count)
     )
     yield Source(f"demo:shapes ({', '.join(SHAPE_CLASSES)}; {size}x{size})", count, True, items)
@@ -532,7 +662,8 @@ def open_source(cfg: ToolConfig) -> contextlib.AbstractContextManager[Source]:
         return open_lmdb_source(path) if (path / "data.mdb").is_file() else open_folder_source(path)
     if re.search(r"idx3-ubyte(\.gz)?$", path.name):
         return open_mnist_source(path)
-    if zipfile.is_zipfile(path):
+    # By name or first bytes too: a damaged zip (no central directory at its end) is not a zipfile.is_zipfile().
+    if zipfile.is_zipfile(path) or path.suffix.lower() == ".zip" or has_zip_signature(path):
         return open_zip_source(path)
     if tarfile.is_tarfile(path):
         return open_cifar10_source(path)
@@ -632,6 +763,123 @@ def prepare_image(image: PIL.Image.Image, name: str, cfg: ToolConfig) -> PIL.Ima
     if cfg.transform is None:
         return resize(image, cfg.resolution)
     return TRANSFORMS[cfg.transform](image, cfg.resolution)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Converting in parallel: workers decode, transform and encode; the main process reads and writes, in order.
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    """One image as a worker returns it: the encoded PNG, or why the source could not be read."""
+
+    png: bytes | None  # The output file; None when the source image was unreadable.
+    size: tuple[int, int] | None  # (width, height) of the output image.
+    channels: int | None  # 1 or 3.
+    error: str | None = None  # The UnreadableImage message when `png` is None.
+
+
+def encode_png(image: PIL.Image.Image, compress_level: int) -> bytes:
+    """Encode an L or RGB image as PNG at zlib level `compress_level` (0 stores the pixels uncompressed)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def convert_image(payload: ImagePayload, name: str, cfg: ToolConfig, compress_level: int) -> ConvertedImage:
+    """Decode, transform and encode one image; runs in a worker process. An unreadable source is not an error."""
+    try:
+        image = payload.decode()
+    except UnreadableImage as err:
+        return ConvertedImage(None, None, None, str(err))
+    image = prepare_image(image, name, cfg)
+    return ConvertedImage(encode_png(image, compress_level), image.size, 1 if image.mode == "L" else 3)
+
+
+def start_conversion(
+    submit: Callable[..., concurrent.futures.Future], item: SourceItem, cfg: ToolConfig, compress_level: int
+) -> concurrent.futures.Future:
+    """Fetch `item` here, in source order, and hand it to the pool; a failed fetch is a finished, failed result."""
+    try:
+        payload = item.fetch()
+    except UnreadableImage as err:
+        return finished(ConvertedImage(None, None, None, str(err)))
+    return submit(convert_image, payload, item.name, cfg, compress_level)
+
+
+def finished(value: Any) -> concurrent.futures.Future:
+    """A Future that already holds `value`."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+def run_inline(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """Run `fn(*args)` now, in this process, and return its outcome as a finished Future: a pool of no workers."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:  # Raised again, in order, when the writer takes the result.
+        future.set_exception(err)
+    return future
+
+
+def in_order(
+    items: Iterable[SourceItem], start: Callable[[SourceItem], concurrent.futures.Future], window: int
+) -> Iterator[tuple[SourceItem, concurrent.futures.Future]]:
+    """Start items ahead of the consumer and yield (item, future) in item order, never more than `window` started
+    and not yet consumed: memory holds at most `window` images whatever the source's length."""
+    pending: collections.deque[tuple[SourceItem, concurrent.futures.Future]] = collections.deque()
+    try:
+        for item in items:
+            pending.append((item, start(item)))
+            if len(pending) == window:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+    finally:
+        for _, future in pending:  # The consumer stopped early (--max-images, an error): drop queued work.
+            future.cancel()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (containers, taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C is the main process's to handle (it stops the pool and removes the output)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def image_pool(workers: int) -> Iterator[Callable[..., concurrent.futures.Future]]:
+    """Yield `submit(fn, *args) -> Future` running in `workers` processes, or in this one when `workers` is 1."""
+    if workers == 1:
+        yield run_inline
+        return
+    # Workers start from a fresh forkserver (spawn where there is none), not a fork of this process: a fork could
+    # copy a lock held by another thread (tqdm's monitor), and a worker needs only this module.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    executor = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method), initializer=ignore_interrupts
+    )
+    try:
+        yield executor.submit
+    except concurrent.futures.process.BrokenProcessPool as err:
+        raise click.ClickException(
+            f"a worker process died ({err}), perhaps for lack of memory; try fewer --workers"
+        ) from err
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_count(cfg: ToolConfig, num_images: int) -> int:
+    """--workers (default: one per available core), fewer when there are too few images to pay for a pool."""
+    requested = cfg.workers if cfg.workers is not None else available_cores()
+    return max(1, min(requested, num_images // MIN_IMAGES_PER_WORKER))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -743,11 +991,10 @@ class ConvertResult:
     first_name: str | None = None  # The image that fixed `size` and `channels`.
 
 
-def check_image_shape(image: PIL.Image.Image, name: str, result: ConvertResult) -> None:
+def check_image_shape(size: tuple[int, int], channels: int, name: str, result: ConvertResult) -> None:
     """The first image fixes the output size and channels; refuse any image that differs, or a bad size."""
-    channels = 1 if image.mode == "L" else 3
     if result.size is None:
-        width, height = image.size
+        width, height = size
         if width != height:
             raise click.ClickException(
                 f"{name} is {width}x{height}, not square; training needs square images: pass --resolution=NxN "
@@ -758,11 +1005,11 @@ def check_image_shape(image: PIL.Image.Image, name: str, result: ConvertResult) 
             raise click.ClickException(
                 f"{name} is {width}x{height}, not a power of two; pass --resolution (e.g. --resolution={lower}x{lower})"
             )
-        result.size, result.channels, result.first_name = image.size, channels, name
+        result.size, result.channels, result.first_name = size, channels, name
         return
-    if image.size != result.size:
+    if size != result.size:
         raise click.ClickException(
-            f"{name} is {image.size[0]}x{image.size[1]} but {result.first_name} is "
+            f"{name} is {size[0]}x{size[1]} but {result.first_name} is "
             f"{result.size[0]}x{result.size[1]}; pass --resolution=WxH to bring every image to one size"
         )
     if channels != result.channels:
@@ -772,39 +1019,32 @@ def check_image_shape(image: PIL.Image.Image, name: str, result: ConvertResult) 
         )
 
 
-def encode_png(image: PIL.Image.Image) -> bytes:
-    """Encode an L or RGB image as PNG."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def convert_images(source: Source, writer: DatasetWriter, cfg: ToolConfig) -> ConvertResult:
-    """Read, convert and write every source image, then dataset.json."""
+def convert_images(source: Source, writer: DatasetWriter, cfg: ToolConfig, workers: int) -> ConvertResult:
+    """Convert every source image with `workers` processes, write them in source order, then dataset.json."""
     result = ConvertResult()
     labels: list[list[Any]] = []
     total = source.num_images if cfg.max_images is None else min(source.num_images, cfg.max_images)
-    with tqdm(total=total, unit="img", desc="Converting", dynamic_ncols=True) as progress:
-        for item in source.items:
-            if cfg.max_images is not None and result.written >= cfg.max_images:
-                break
-            try:
-                image = item.read()
-            except UnreadableImage as err:
+    level = DEFAULT_COMPRESS_LEVEL if cfg.compress_level is None else cfg.compress_level
+    with image_pool(workers) as submit, tqdm(total=total, unit="img", desc="Converting", dynamic_ncols=True) as bar:
+        start = functools.partial(start_conversion, submit, cfg=cfg, compress_level=level)
+        for item, future in in_order(source.items, start, window=IN_FLIGHT_PER_WORKER * workers):
+            converted = future.result()
+            if converted.error is not None:
                 if cfg.strict:
                     raise click.ClickException(
-                        f"cannot read {err}; fix or remove it (or drop --strict to skip it)"
-                    ) from err
+                        f"cannot read {converted.error}; fix or remove it (or drop --strict to skip it)"
+                    )
                 result.skipped.append(item.name)
-                progress.write(f"Skipping unreadable image {err}")
+                bar.write(f"Skipping unreadable image {converted.error}")
                 continue
-            image = prepare_image(image, item.name, cfg)
-            check_image_shape(image, item.name, result)
+            check_image_shape(converted.size, converted.channels, item.name, result)
             archive_name = f"{result.written // IMAGES_PER_FOLDER:05d}/img{result.written:08d}.png"
-            writer.add(archive_name, encode_png(image))
+            writer.add(archive_name, converted.png)
             labels.append([archive_name, item.label])
             result.written += 1
-            progress.update(1)
+            bar.update(1)
+            if cfg.max_images is not None and result.written >= cfg.max_images:
+                break
     if result.written == 0:
         raise click.ClickException(f"--source {cfg.source}: no readable images, nothing written")
     writer.add(LABELS_FILE, json.dumps({"labels": labels if source.has_labels else None}).encode("utf-8"))
@@ -828,11 +1068,14 @@ def summary_line(result: ConvertResult, cfg: ToolConfig, has_labels: bool) -> st
 def convert(cfg: ToolConfig) -> None:
     """Convert --source into --dest atomically and print a summary."""
     with open_source(cfg) as source:
+        total = source.num_images if cfg.max_images is None else min(source.num_images, cfg.max_images)
+        workers = worker_count(cfg, total)
         click.echo(
-            f"Reading {source.description}: {source.num_images} images, labels: {'yes' if source.has_labels else 'no'}"
+            f"Reading {source.description}: {source.num_images} images, labels: "
+            f"{'yes' if source.has_labels else 'no'}; converting in {workers} process(es)"
         )
         with atomic_dataset_writer(Path(cfg.dest).expanduser(), cfg.force) as writer:
-            result = convert_images(source, writer, cfg)
+            result = convert_images(source, writer, cfg, workers)
     click.echo(summary_line(result, cfg, source.has_labels))
 
 
@@ -841,14 +1084,27 @@ def convert(cfg: ToolConfig) -> None:
 
 
 def print_dataset_info(path: str, max_images: int | None) -> None:
-    """Load a dataset through ImageFolderDataset, as training does, and print what training will see."""
+    """Load a dataset through ImageFolderDataset, as training does, print what training will see, and fail
+    naming every damaged image (and a broken dataset.json) found."""
     try:
-        dataset = ImageFolderDataset(path=path, use_labels=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # A broken dataset.json is reported below, under Labels.
+            dataset = ImageFolderDataset(path=path, check=False)  # Every image is read below, so skip the sample.
     except DatasetError as err:
         raise click.ClickException(str(err)) from err
+    labels_problem = None
+    try:
+        labelled = ImageFolderDataset(path=path, use_labels=True, check=False)
+    except DatasetError as err:
+        labels_problem = err.problem
+    else:
+        dataset.close()
+        dataset = labelled
     with dataset:
         channels, height, width = dataset.image_shape
-        if dataset.has_onehot_labels:
+        if labels_problem is not None:
+            labels = f"unusable: {labels_problem}"
+        elif dataset.has_onehot_labels:
             classes = np.bincount(
                 [int(dataset.get_details(i).raw_label) for i in range(len(dataset))], minlength=dataset.label_dim
             )
@@ -861,12 +1117,14 @@ def print_dataset_info(path: str, max_images: int | None) -> None:
         if max_images is not None and max_images < len(dataset):
             indices = np.sort(np.random.default_rng(0).choice(indices, size=max_images, replace=False))
         channel_sums = np.zeros(channels, dtype=np.float64)
-        try:
-            for idx in tqdm(indices, unit="img", desc="Reading", dynamic_ncols=True, leave=False):
+        damaged: list[str] = []
+        for idx in tqdm(indices, unit="img", desc="Reading", dynamic_ncols=True, leave=False):
+            try:
                 channel_sums += dataset[idx][0].reshape(channels, -1).mean(axis=1)
-        except DatasetError as err:
-            raise click.ClickException(str(err)) from err
-    means = channel_sums / len(indices)
+            except DatasetError as err:  # Keep reading: the point is to list every damaged image at once.
+                damaged.append(err.problem)
+    readable = len(indices) - len(damaged)
+    means = channel_sums / max(readable, 1)
     names = ["gray"] if channels == 1 else ["R", "G", "B"]
     click.echo(f"Path:        {path}")
     click.echo(f"Name:        {dataset.name}")
@@ -878,8 +1136,22 @@ def print_dataset_info(path: str, max_images: int | None) -> None:
     click.echo(
         "Mean pixel:  "
         + ", ".join(f"{n} {m:.1f}" for n, m in zip(names, means, strict=True))
-        + f"  (0-255, over {len(indices)} images)"
+        + f"  (0-255, over {readable} images)"
     )
+    problems = []
+    if damaged:
+        click.echo(f"Damaged:     {len(damaged)} of the {len(indices)} images read:")
+        for problem in damaged[:MAX_SKIPPED_SHOWN]:
+            click.echo(f"  {problem}")
+        if len(damaged) > MAX_SKIPPED_SHOWN:
+            click.echo(f"  and {len(damaged) - MAX_SKIPPED_SHOWN} more")
+        problems.append(f"{len(damaged)} damaged image(s)")
+    if labels_problem is not None:
+        problems.append(f"an unusable {LABELS_FILE} (training with --cond=1 would fail)")
+    if problems:
+        raise click.ClickException(
+            f"{path} has {' and '.join(problems)}; re-create it with dataset_tool.py from its source images"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -898,7 +1170,7 @@ def print_dataset_info(path: str, max_images: int | None) -> None:
     "--dest",
     metavar="PATH",
     default=None,
-    help="Output .zip file (uncompressed PNGs) or folder. Required unless --info.",
+    help="Output .zip file (PNGs stored as they are) or folder. Required unless --info.",
 )
 @click.option(
     "--max-images",
@@ -928,6 +1200,22 @@ def print_dataset_info(path: str, max_images: int | None) -> None:
     help="Convert every image to grayscale (luminance) or RGB (gray repeated); alpha is composited over "
     "black.  [default: keep; all images must agree]",
 )
+@click.option(
+    "--workers",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes that decode, resize and encode images; the output is the same bytes for any number.  "
+    f"[default: one per available core, {available_cores()} here]",
+)
+@click.option(
+    "--compress-level",
+    metavar="0-9",
+    type=click.IntRange(0, 9),
+    default=None,
+    help="PNG (zlib) compression level of the output images: 0 stores the pixels uncompressed (largest files, "
+    f"cheapest to decode), 9 is the smallest and slowest to write.  [default: {DEFAULT_COMPRESS_LEVEL}]",
+)
 @click.option("--force", is_flag=True, help="Replace an existing non-empty --dest (only once the new one is complete).")
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping and reporting it.")
 @click.option("--info", is_flag=True, help="Print what training will see in the dataset at --source; convert nothing.")
@@ -941,6 +1229,8 @@ def main(
     force: bool,
     strict: bool,
     info: bool,
+    workers: int | None,
+    compress_level: int | None,
 ) -> None:
     """Convert images into a training dataset: same-size square PNGs in a zip (or folder) plus dataset.json.
 
@@ -961,6 +1251,10 @@ def main(
       # LSUN cars: a 512x384 centre band, letterboxed onto black 512x512 squares:
       python dataset_tool.py --source=downloads/lsun/car_lmdb --dest=datasets/lsun-car-512.zip \\
           --transform=center-crop-wide --resolution=512x384 --max-images=100000
+    \b
+      # Smallest files (slower to write), on 8 cores:
+      python dataset_tool.py --source=~/photos --dest=datasets/photos-256.zip --resolution=256x256 \\
+          --compress-level=9 --workers=8
     """
     cfg = ToolConfig(
         source=source,
@@ -972,6 +1266,8 @@ def main(
         force=force,
         strict=strict,
         info=info,
+        workers=workers,
+        compress_level=compress_level,
     )
     validate_config(cfg)
     if cfg.info:

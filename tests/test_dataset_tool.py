@@ -1,5 +1,6 @@
 """Tests for dataset_tool.py: every source, transform and refusal, read back through ImageFolderDataset."""
 
+import concurrent.futures
 import gzip
 import io
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from click.testing import CliRunner
+from test_dataset import forge_member_size
 
 import dataset_tool  # A root script, importable through pytest's `pythonpath = ["."]`.
 from training.dataset import ImageFolderDataset
@@ -299,6 +301,37 @@ def test_unknown_demo_and_unsupported_source(tmp_path, out):
     assert entries(out) == []
 
 
+@pytest.mark.parametrize("name", ["cut.zip", "cut.bin"], ids=["by-name", "by-signature"])
+def test_truncated_zip_source_is_damaged_not_unsupported(tmp_path, out, name):
+    with zipfile.ZipFile(tmp_path / "whole.zip", "w") as archive:
+        for i in range(3):
+            archive.writestr(f"{i}.png", encoded(random_pixels(8, 8, 3, seed=i), "PNG"))
+    whole = (tmp_path / "whole.zip").read_bytes()
+    (tmp_path / name).write_bytes(whole[: len(whole) // 2])  # An interrupted download: no central directory.
+    result = run_fails("--source", tmp_path / name, "--dest", out / "x.zip", match=[name, "damaged"])
+    assert "unsupported" not in result.output
+    assert entries(out) == []
+
+
+def test_zip_member_claiming_gigabytes_is_refused_unread(tmp_path, out, monkeypatch):
+    src = tmp_path / "src.zip"
+    with zipfile.ZipFile(src, "w") as archive:
+        for i in range(3):
+            archive.writestr(f"{i}.png", encoded(random_pixels(8, 8, 3, seed=i), "PNG"))
+    forge_member_size(src, "1.png", 2 << 30)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "open",
+        lambda self, name, *a, **k: opened.append(getattr(name, "filename", name)) or real_open(self, name, *a, **k),
+    )
+    run_fails("--source", src, "--dest", out / "x.zip", "--strict", match=["src.zip/1.png", "2,048 MiB", "256 MiB"])
+    result = run_ok("--source", src, "--dest", out / "y.zip")
+    assert "Wrote 2 images" in result.output and "skipped 1 unreadable: " in result.output
+    assert "0.png" in opened and "1.png" not in opened  # Refused on the header's word, never read.
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Transforms and channels.
 
@@ -478,11 +511,11 @@ def test_failure_midway_leaves_nothing(tmp_path, out, monkeypatch):
     real_encode = dataset_tool.encode_png
     calls = []
 
-    def interrupted(image):
+    def interrupted(image, compress_level):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_encode(image)
+        return real_encode(image, compress_level)
 
     monkeypatch.setattr(dataset_tool, "encode_png", interrupted)
     for dest in (out / "new" / "deeper" / "d.zip", out / "d"):
@@ -490,3 +523,146 @@ def test_failure_midway_leaves_nothing(tmp_path, out, monkeypatch):
         result = run_tool("--source", src, "--dest", dest)
         assert result.exit_code != 0 and len(calls) == 3
         assert entries(out) == []  # Neither the temporary nor the parent folders it created are left.
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Worker processes, compression, bounded memory.
+
+
+def make_folder(src: Path, count: int, size: int = 8, labelled: bool = True) -> list[np.ndarray]:
+    """`count` random RGB images in `src` (with class labels), enough for the tool to start a pool of workers."""
+    pixels = [random_pixels(size, size, 3, seed=i) for i in range(count)]
+    for i, image in enumerate(pixels):
+        save_image(src / f"{i:03d}.png", image)
+    if labelled:
+        (src / "dataset.json").write_text(json.dumps({"labels": [[f"{i:03d}.png", i % 5] for i in range(count)]}))
+    return pixels
+
+
+def test_output_is_identical_for_any_worker_count(tmp_path, out):
+    src = tmp_path / "src"
+    count = 2 * dataset_tool.MIN_IMAGES_PER_WORKER + 6
+    make_folder(src, count, size=16, labelled=False)
+    (src / "040-bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # Skipped, in order, by either path.
+    names = sorted(path.name for path in src.iterdir())
+    (src / "dataset.json").write_text(json.dumps({"labels": [[name, i % 5] for i, name in enumerate(names)]}))
+    outputs = {}
+    for workers in (1, 2):
+        result = run_ok("--source", src, "--dest", out / f"w{workers}.zip", "--resolution", "8x8", "--workers", workers)
+        assert f"converting in {workers} process(es)" in result.output
+        assert f"Wrote {count} images" in result.output and "040-bad.png" in result.output
+        outputs[workers] = (out / f"w{workers}.zip").read_bytes()
+    assert outputs[1] == outputs[2]
+    dataset, _, labels = read_all(out / "w2.zip")
+    expected = [i % 5 for i, name in enumerate(names) if name != "040-bad.png"]
+    assert len(dataset) == count and [int(label.argmax()) for label in labels] == expected
+
+
+def test_worker_errors_reach_the_user_and_leave_nothing(tmp_path, out):
+    src = tmp_path / "src"
+    make_folder(src, 2 * dataset_tool.MIN_IMAGES_PER_WORKER, labelled=False)
+    save_image(src / "050-alpha.png", np.zeros((8, 8, 4), dtype=np.uint8))  # Refused in a worker process.
+    run_fails("--source", src, "--dest", out / "d.zip", "--workers", 2, match=["050-alpha.png", "alpha", "--channels"])
+    (src / "050-alpha.png").write_bytes(b"not a png")
+    run_fails("--source", src, "--dest", out / "d.zip", "--workers", 2, "--strict", match=["050-alpha.png", "--strict"])
+    assert entries(out) == []
+
+
+def test_small_sources_convert_in_this_process():
+    cfg = dataset_tool.ToolConfig("x", "y.zip", None, None, None, None, False, False, False, workers=8)
+    assert dataset_tool.worker_count(cfg, num_images=10) == 1
+    assert dataset_tool.worker_count(cfg, num_images=2 * dataset_tool.MIN_IMAGES_PER_WORKER) == 2
+    assert dataset_tool.worker_count(cfg, num_images=10**6) == 8
+    default = dataset_tool.ToolConfig("x", "y.zip", None, None, None, None, False, False, False)
+    assert dataset_tool.worker_count(default, num_images=10**6) == dataset_tool.available_cores()
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_compress_level_is_lossless(tmp_path, out, level):
+    src = tmp_path / "src"
+    gradient = np.repeat(np.arange(64, dtype=np.uint8)[None, :, None], 64, axis=0).repeat(3, axis=2)
+    pixels = [
+        gradient,
+        random_pixels(64, 64, 3, seed=1),
+        random_pixels(64, 64, 1, seed=2)[:, :, None].repeat(3, axis=2),
+    ]
+    for i, image in enumerate(pixels):
+        save_image(src / f"{i}.png", image)
+    run_ok("--source", src, "--dest", out / "d.zip", "--compress-level", level)
+    _, images, _ = read_all(out / "d.zip")
+    for got, expected in zip(images, pixels, strict=True):
+        np.testing.assert_array_equal(got, chw(expected))
+    with zipfile.ZipFile(out / "d.zip") as archive:
+        size = archive.getinfo("00000/img00000000.png").file_size
+    assert (size > 64 * 64 * 3) == (level == 0)  # Level 0 stores the pixels; the others compress the gradient.
+
+
+def test_default_compress_level(tmp_path, out):
+    src = tmp_path / "src"
+    make_folder(src, 3)
+    run_ok("--source", src, "--dest", out / "default.zip")
+    run_ok("--source", src, "--dest", out / "explicit.zip", "--compress-level", dataset_tool.DEFAULT_COMPRESS_LEVEL)
+    assert (out / "default.zip").read_bytes() == (out / "explicit.zip").read_bytes()
+
+
+def test_worker_and_compression_options_are_checked(tmp_path, out):
+    src = tmp_path / "src"
+    make_folder(src, 2)
+    run_fails("--source", src, "--dest", out / "d.zip", "--workers", 0, match=["--workers", "0"])
+    run_fails("--source", src, "--dest", out / "d.zip", "--workers", "many", match=["--workers", "many"])
+    run_fails("--source", src, "--dest", out / "d.zip", "--compress-level", 10, match=["--compress-level", "0<=x<=9"])
+    run_fails("--source", src, "--dest", out / "d.zip", "--compress-level", -1, match=["--compress-level"])
+    run_ok("--source", src, "--dest", out / "d.zip")
+    run_fails("--source", out / "d.zip", "--info", "--workers", 2, match=["--info", "--workers"])
+    run_fails("--source", out / "d.zip", "--info", "--compress-level", 0, match=["--info", "--compress-level"])
+    assert entries(out) == ["d.zip"]
+
+
+def test_in_flight_window_is_bounded_and_ordered():
+    """Structural check of bounded memory: never more than `window` images started and not yet consumed."""
+    started: list[int] = []
+    consumed: list[int] = []
+    most_in_flight = 0
+
+    def start(item):
+        nonlocal most_in_flight
+        started.append(item.name)
+        most_in_flight = max(most_in_flight, len(started) - len(consumed))
+        return dataset_tool.finished(item.name * 10)
+
+    items = (dataset_tool.SourceItem(i, None, None) for i in range(50))  # Lazy: read only as the window allows.
+    for item, future in dataset_tool.in_order(items, start, window=3):
+        assert future.result() == item.name * 10
+        consumed.append(item.name)
+        assert len(started) - len(consumed) <= 2  # The consumer is never more than the window behind.
+    assert consumed == list(range(50)) and most_in_flight == 3
+
+    pending: list[concurrent.futures.Future] = []
+
+    def start_pending(item):
+        pending.append(concurrent.futures.Future())
+        return pending[-1]
+
+    window = dataset_tool.in_order((dataset_tool.SourceItem(i, None, None) for i in range(50)), start_pending, 4)
+    first_item, _ = next(window)
+    assert first_item.name == 0 and len(pending) == 4
+    window.close()  # A consumer that stops early (--max-images, an error) cancels the queued work.
+    assert [future.cancelled() for future in pending] == [False, True, True, True]
+
+
+def test_info_lists_every_damaged_image(tmp_path, out):
+    src = tmp_path / "src"
+    make_folder(src, 6, labelled=False)
+    run_ok("--source", src, "--dest", out / "d.zip")
+    with zipfile.ZipFile(out / "d.zip") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["00000/img00000002.png"] = b"\x89PNG\r\n\x1a\n garbage"
+    members["00000/img00000004.png"] = encoded(random_pixels(16, 16, 3, seed=0), "PNG")
+    members["dataset.json"] = b"{not json"
+    with zipfile.ZipFile(out / "bad.zip", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    result = run_fails("--source", out / "bad.zip", "--info", match=["Damaged:     2 of the 6 images read"])
+    assert "img00000002.png" in result.output and "img00000004.png has 16x16 pixels" in result.output
+    assert "Labels:      unusable:" in result.output and "--cond=1 would fail" in result.output
+    assert "re-create it with dataset_tool.py" in result.output
