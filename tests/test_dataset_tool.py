@@ -557,6 +557,23 @@ def test_output_is_identical_for_any_worker_count(tmp_path, out):
     expected = [i % 5 for i, name in enumerate(names) if name != "040-bad.png"]
     assert len(dataset) == count and [int(label.argmax()) for label in labels] == expected
 
+    for workers in (1, 2):  # Stopping early drops the images already handed to the workers.
+        run_ok(
+            "--source",
+            src,
+            "--dest",
+            out / f"m{workers}",
+            "--resolution",
+            "8x8",
+            "--workers",
+            workers,
+            "--max-images",
+            50,
+        )
+    assert len(ImageFolderDataset(str(out / "m2"))) == 50
+    for name in sorted(os.listdir(out / "m1" / "00000")):
+        assert (out / "m1" / "00000" / name).read_bytes() == (out / "m2" / "00000" / name).read_bytes()
+
 
 def test_worker_errors_reach_the_user_and_leave_nothing(tmp_path, out):
     src = tmp_path / "src"
@@ -595,6 +612,18 @@ def test_compress_level_is_lossless(tmp_path, out, level):
     with zipfile.ZipFile(out / "d.zip") as archive:
         size = archive.getinfo("00000/img00000000.png").file_size
     assert (size > 64 * 64 * 3) == (level == 0)  # Level 0 stores the pixels; the others compress the gradient.
+
+
+@pytest.mark.parametrize("level", [0, 1])
+@pytest.mark.parametrize("shape", [(5, 3), (7, 4, 3), (1, 1), (2, 9, 3)], ids=["gray", "rgb", "gray-1px", "rgb-row"])
+def test_fast_png_encoder_decodes_exactly_with_pillow_and_pyspng(shape, level):
+    pixels = np.random.default_rng(level).integers(0, 256, size=shape, dtype=np.uint8)
+    data = dataset_tool.encode_png_fast(pixels, level)
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        assert image.mode == ("L" if len(shape) == 2 else "RGB")
+        np.testing.assert_array_equal(np.asarray(image), pixels)
+    pyspng = pytest.importorskip("pyspng")
+    np.testing.assert_array_equal(pyspng.load(data).reshape(shape), pixels)
 
 
 def test_default_compress_level(tmp_path, out):
