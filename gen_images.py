@@ -10,6 +10,7 @@ import PIL.Image
 import torch
 
 import dnnlib
+from dnnlib.util import FiniteFloatRange
 from training import checkpoint
 from training.networks_stylegan3 import make_transform
 
@@ -85,17 +86,21 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: str) -> None:
-    """Write a uint8 [H, W, C] array as a grayscale or RGB PNG."""
+    """Write a uint8 [H, W, C] array as a grayscale or RGB PNG, atomically; a failed write is a ClickException."""
     image = PIL.Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
-    image.save(path)
+    try:
+        dnnlib.util.atomic_write(path, lambda f: image.save(f, format="PNG"))
+    except dnnlib.util.WriteError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
 @click.option("--network", "network_pkl", metavar="PATH|URL", required=True, help="Network snapshot pickle.")
 @click.option("--seeds", metavar="LIST", type=dnnlib.util.parse_range, required=True, help="Seeds, e.g. '0,1,4-6'.")
 @click.option(
-    "--trunc", "truncation_psi", metavar="FLOAT", type=float, default=1, show_default=True, help="Truncation psi."
-)
+    "--trunc", "truncation_psi", metavar="FLOAT", type=FiniteFloatRange(), default=1, show_default=True,
+    help="Truncation psi.",
+)  # fmt: skip
 @click.option("--class", "class_idx", metavar="INT", type=click.IntRange(min=0), help="Class label (conditional nets).")
 @click.option(
     "--noise-mode",
@@ -105,9 +110,9 @@ def save_png(array: np.ndarray, path: str) -> None:
     help="Noise mode.",
 )
 @click.option("--translate", metavar="X,Y", type=dnnlib.util.parse_vec2, help="Translate, in image widths (StyleGAN3).")
-@click.option("--rotate", "rotate_deg", metavar="DEG", type=float, help="Rotate, in degrees (StyleGAN3).")
+@click.option("--rotate", "rotate_deg", metavar="DEG", type=FiniteFloatRange(), help="Rotate, in degrees (StyleGAN3).")
 @click.option(
-    "--scale", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True),
+    "--scale", metavar="FLOAT", type=FiniteFloatRange(min=0, min_open=True),
     help="Render at this multiple of the training resolution (CREPS).",
 )  # fmt: skip
 @click.option("--outdir", metavar="DIR", type=click.Path(file_okay=False), required=True, help="Where to save PNGs.")
@@ -149,7 +154,10 @@ def main(
     if scale is not None:
         check_scale(G, scale)
         synthesis_kwargs["scale"] = scale
-    os.makedirs(outdir, exist_ok=True)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"--outdir={outdir}: cannot create it ({error.strerror or error})") from None
     for seed in seeds:
         if seed < 0 or seed >= 2**32:
             raise click.ClickException(f"--seeds: {seed} is outside 0..4294967295")

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 import dnnlib
+from dnnlib.util import FiniteFloatRange
 from gen_images import class_labels, load_generator, parse_grid
 
 
@@ -110,8 +111,9 @@ def open_writer(path: str, fps: int):
     help="Frames between keyframes.",
 )  # fmt: skip
 @click.option(
-    "--trunc", "truncation_psi", metavar="FLOAT", type=float, default=1, show_default=True, help="Truncation psi."
-)
+    "--trunc", "truncation_psi", metavar="FLOAT", type=FiniteFloatRange(), default=1, show_default=True,
+    help="Truncation psi.",
+)  # fmt: skip
 @click.option("--class", "class_idx", metavar="INT", type=click.IntRange(min=0), help="Class label (conditional nets).")
 @click.option(
     "--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
@@ -157,23 +159,22 @@ def main(
     ws = keyframe_ws(G, seeds, grid, num_keyframes, truncation_psi, label, shuffle_seed)
     splines = interpolators(ws)
     num_frames = ws.shape[2] * w_frames
-    if os.path.dirname(output):
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-    # Render into a temporary file with the same extension (ffmpeg picks the container from it), then rename,
-    # so an interrupted run never leaves a truncated video under the requested name.
-    root, ext = os.path.splitext(output)
-    tmp_path = f"{root}.tmp-{os.getpid()}{ext}"
     try:
-        writer = open_writer(tmp_path, fps)
-        try:
-            for frame_idx in tqdm(range(num_frames), desc="Rendering", unit="frame"):
-                writer.append_data(render_frame(G, splines, frame_idx / w_frames, noise_mode, device))
-        finally:
-            writer.close()
-        os.replace(tmp_path, output)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(dnnlib.util.describe_write_failure(output, error)) from None
+    # Render into a temporary file that keeps the extension (ffmpeg picks the container from it), then rename, so
+    # an interrupted run never leaves a truncated video under the requested name.
+    try:
+        with dnnlib.util.atomic_path(output) as tmp_path:
+            writer = open_writer(tmp_path, fps)
+            try:
+                for frame_idx in tqdm(range(num_frames), desc="Rendering", unit="frame"):
+                    writer.append_data(render_frame(G, splines, frame_idx / w_frames, noise_mode, device))
+            finally:
+                writer.close()
+    except dnnlib.util.WriteError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"Saved {output} ({num_frames} frames)")
 
 

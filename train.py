@@ -6,12 +6,15 @@ import dataclasses
 import glob
 import os
 import re
+import sys
+import tempfile
 
 import click
 import torch
 
 import dnnlib
 import metrics
+from dnnlib.util import FiniteFloatRange
 from torch_utils import distributed
 from training import checkpoint, training_loop
 from training.config import FIXED_WHEN_CONTINUING, PRESETS, ConfigError, TrainingConfig, validate
@@ -92,10 +95,33 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         validate(c, dataset_info)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    check_outdir(c)
     if c.resume_pkl is not None:
         check_transfer(c, dataset_info)
+    if c.resume_state is not None:
+        check_state(c, dataset_info)
     check_metrics(c)
     return c
+
+
+def check_outdir(c: TrainingConfig) -> None:
+    """Refuse an --outdir (or the run directory being continued) that cannot be created or written, now rather than
+    after the processes have started."""
+    option, folder = ("--resume", c.run_dir) if c.resume_state is not None else ("--outdir", c.outdir)
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # The folders still to be made go into the nearest existing one.
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise click.ClickException(f"{option}={folder}: {existing} is a file, so no folder can be made there")
+    try:
+        # A real write: permission bits do not tell about read-only mounts, ACLs or root.
+        with tempfile.TemporaryFile(dir=existing, prefix=".tmp-probe-"):
+            pass
+    except OSError as error:
+        raise click.ClickException(
+            f"{option}={folder}: cannot write in {existing} ({error.strerror or error}); choose a writable folder "
+            f"or fix its permissions"
+        ) from None
 
 
 def check_metrics(c: TrainingConfig) -> None:
@@ -151,11 +177,25 @@ def resolve_resume(c: TrainingConfig) -> TrainingConfig:
         return continue_in_place(c, run_dir)
     state = checkpoint.state_next_to_snapshot(c.resume)
     if state is not None:
+        run_dir = os.path.dirname(os.path.abspath(state))
+        changed = changed_options(c, run_dir)
+        condition = f" with its options ({changed})" if changed else ""
         distributed.print0(
             f"Note: {os.path.basename(state)} sits next to this snapshot, but a pickle only gives weights (kimg "
-            f"starts at 0); to continue that run exactly, pass --resume={os.path.dirname(os.path.abspath(state))}"
+            f"starts at 0); to continue that run exactly, pass --resume={run_dir}{condition}"
         )
     return dataclasses.replace(c, resume_pkl=c.resume)
+
+
+def changed_options(c: TrainingConfig, run_dir: str) -> str:
+    """'cmax: 8 -> 16, ...' for the options of FIXED_WHEN_CONTINUING in which `c` differs from the run in
+    `run_dir` (its training_options.json); '' when they agree or the run's options cannot be read."""
+    try:
+        saved = TrainingConfig.load(run_dir)
+    except (OSError, ValueError, TypeError):
+        return ""
+    changed = [name for name in FIXED_WHEN_CONTINUING if getattr(saved, name) != getattr(c, name)]
+    return ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(c, name)!r}" for name in changed)
 
 
 def latest_run_dir(outdir: str) -> str:
@@ -177,15 +217,43 @@ def continue_in_place(c: TrainingConfig, run_dir: str) -> TrainingConfig:
             f"--resume={c.resume}: {run_dir} has no training_options.json and training-state-*.pt to continue; to "
             f"start from one of its snapshots' weights, pass --resume=<network-snapshot pkl>"
         )
-    saved = TrainingConfig.load(run_dir)
-    changed = [name for name in FIXED_WHEN_CONTINUING if getattr(saved, name) != getattr(c, name)]
-    if changed:
-        details = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(c, name)!r}" for name in changed)
+    try:
+        saved = TrainingConfig.load(run_dir)
+    except (OSError, ValueError, TypeError) as error:
+        raise click.ClickException(
+            f"--resume={c.resume}: cannot read {os.path.join(run_dir, 'training_options.json')} ({error})"
+        ) from None
+    details = changed_options(c, run_dir)
+    if details:
         raise click.ClickException(
             f"--resume={c.resume}: these options differ from the run being continued ({details}). Run the same "
             f"command as before, or start a new run from a snapshot with --resume=<network-snapshot pkl>"
         )
     return dataclasses.replace(c, run_dir=run_dir, outdir=saved.outdir, resume_state=states[-1])
+
+
+def check_state(c: TrainingConfig, dataset_info: dict) -> None:
+    """Refuse to continue from a training state that is unreadable or does not fit the networks these options
+    build, before any process starts (it would otherwise fail in load_state_dict, mid-start)."""
+    try:
+        state = checkpoint.load_state(c.resume_state, mmap=True)  # Mapped: only shapes and counters are read.
+    except Exception as error:  # torch.load raises many types for a damaged file; all mean the same here.
+        raise click.ClickException(
+            f"--resume={c.resume}: cannot read {c.resume_state} ({type(error).__name__}: {error}). If it is damaged, "
+            f"move it away to continue from the run's previous training state"
+        ) from None
+    label_dim = dataset_info["label_dim"] if c.cond else 0
+    G, D = training_loop.construct_networks(c, dataset_info["resolution"], dataset_info["num_channels"], label_dim)
+    mismatches = checkpoint.state_mismatches(state, {"G": G, "D": D, "G_ema": G})
+    if mismatches:
+        shown = "; ".join(mismatches[:4]) + (f"; and {len(mismatches) - 4} more" if len(mismatches) > 4 else "")
+        raise click.ClickException(
+            f"--resume={c.resume}: {c.resume_state} does not fit the networks of these options (--cfg={c.cfg}, "
+            f"--cbase={c.cbase}, --cmax={c.cmax}, --map-depth={c.map_depth}, {dataset_info['resolution']}px, "
+            f"label_dim={label_dim}): {shown}. It was written with other options than the run's "
+            f"training_options.json says; put back that run's own files, or start a new run from a snapshot's "
+            f"weights with --resume=<network-snapshot pkl>"
+        )
 
 
 def print_config(c: TrainingConfig) -> None:
@@ -212,7 +280,21 @@ def print_config(c: TrainingConfig) -> None:
 
 def launch(c: TrainingConfig) -> None:
     """Start the training processes: --gpus local processes, or this one under torchrun."""
-    distributed.launch(training_loop.run, (c,), num_processes=c.gpus)
+    try:
+        distributed.launch(train_process, (c,), num_processes=c.gpus)
+    except torch.multiprocessing.ProcessExitedException as error:  # A spawned process printed why, then exited.
+        how = f"was killed by {error.signal_name}" if error.signal_name else f"stopped with exit code {error.exit_code}"
+        raise click.ClickException(f"training process {error.error_index} {how}; see its message above") from None
+
+
+def train_process(c: TrainingConfig) -> None:
+    """Body of every training process: a failed write (disk full, folder no longer writable) ends the process
+    with the sentence that names the file, not a traceback."""
+    try:
+        training_loop.run(c)
+    except checkpoint.WriteError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(1)
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
@@ -228,7 +310,7 @@ def launch(c: TrainingConfig) -> None:
 @click.option("--data", metavar="[ZIP|DIR]", required=True, help="Training data, made by dataset_tool.py.")
 @click.option("--gpus", metavar="INT", type=click.IntRange(min=1), required=True, help="Number of GPUs (processes).")
 @click.option("--batch", metavar="INT", type=click.IntRange(min=1), required=True, help="Total batch size.")
-@click.option("--gamma", metavar="FLOAT", type=click.FloatRange(min=0), required=True, help="R1 regularization weight.")
+@click.option("--gamma", metavar="FLOAT", type=FiniteFloatRange(min=0), required=True, help="R1 regularization weight.")
 # Optional features.
 @click.option("--cond", metavar="BOOL", type=bool, default=False, show_default=True, help="Train a conditional model.")
 @click.option("--mirror", metavar="BOOL", type=bool, default=False, show_default=True, help="Enable dataset x-flips.")
@@ -257,7 +339,7 @@ def launch(c: TrainingConfig) -> None:
 @click.option(
     "--p",
     metavar="FLOAT",
-    type=click.FloatRange(min=0, max=1),
+    type=FiniteFloatRange(min=0, max=1),
     default=0.2,
     show_default=True,
     help="Probability for --aug=fixed.",
@@ -265,7 +347,7 @@ def launch(c: TrainingConfig) -> None:
 @click.option(
     "--target",
     metavar="FLOAT",
-    type=click.FloatRange(min=0, max=1),
+    type=FiniteFloatRange(min=0, max=1),
     default=0.6,
     show_default=True,
     help="Target value for --aug=ada.",
@@ -279,9 +361,9 @@ def launch(c: TrainingConfig) -> None:
 @click.option(
     "--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True, help="Max. feature maps."
 )
-@click.option("--glr", metavar="FLOAT", type=click.FloatRange(min=0), help="G learning rate  [default: varies].")
+@click.option("--glr", metavar="FLOAT", type=FiniteFloatRange(min=0), help="G learning rate  [default: varies].")
 @click.option(
-    "--dlr", metavar="FLOAT", type=click.FloatRange(min=0), default=0.002, show_default=True, help="D learning rate."
+    "--dlr", metavar="FLOAT", type=FiniteFloatRange(min=0), default=0.002, show_default=True, help="D learning rate."
 )
 @click.option(
     "--map-depth", metavar="INT", type=click.IntRange(min=1), help="Mapping network depth  [default: varies]."
@@ -312,7 +394,7 @@ def launch(c: TrainingConfig) -> None:
 @click.option(
     "--kimg",
     metavar="KIMG",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=25000,
     show_default=True,
     help="Total training duration.",
@@ -320,7 +402,7 @@ def launch(c: TrainingConfig) -> None:
 @click.option(
     "--tick",
     metavar="KIMG",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=4,
     show_default=True,
     help="How often to print progress.",

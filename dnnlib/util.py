@@ -1,17 +1,24 @@
-"""Small utilities: an attribute dict, time and range formatting, and a caching URL opener."""
+"""Small utilities: an attribute dict, time and range formatting, finite-number option types, atomic file
+writes and a caching URL opener."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
+import math
 import os
 import re
-import tempfile
+import secrets
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
+
+import click
 
 # ----------------------------------------------------------------------------
 
@@ -78,12 +85,168 @@ def parse_vec2(s: str | tuple[float, float]) -> tuple[float, float]:
     if isinstance(s, tuple) and len(s) == 2:
         return float(s[0]), float(s[1])
     parts = str(s).split(",")
+    message = f"Cannot parse '{s}': expected two comma-separated finite numbers such as '0.5,-1'"
     if len(parts) != 2:
-        raise ValueError(f"Cannot parse '{s}': expected two comma-separated numbers such as '0.5,-1'")
+        raise ValueError(message)
     try:
-        return float(parts[0]), float(parts[1])
+        values = float(parts[0]), float(parts[1])
     except ValueError:
-        raise ValueError(f"Cannot parse '{s}': expected two comma-separated numbers such as '0.5,-1'") from None
+        raise ValueError(message) from None
+    if not all(math.isfinite(value) for value in values):  # float() accepts 'nan' and 'inf'.
+        raise ValueError(message)
+    return values
+
+
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses NaN and +-inf, which float() accepts and every range check lets pass
+    (NaN compares false with any bound), e.g. `--gamma=nan` would silently turn R1 off. Without bounds it is a
+    finite float."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+# ----------------------------------------------------------------------------
+# Atomic writes. Every file the toolkit writes (snapshots, training states, logs rewritten on resume, image grids,
+# caches, downloads) appears complete or not at all: it is written to a temporary file in the same folder, flushed
+# to the disk, renamed over the target, and the folder entry is flushed too, so even a power loss cannot leave a
+# truncated file or lose the rename. Temporary files are named `.tmp-XXXXXXXX-<target name>`.
+
+TEMP_PREFIX = ".tmp-"
+# Our temporary files: 8 random characters, then the target's name. The second form is what metrics caches of
+# earlier versions left behind (`.tmp-XXXXXXXX.npz`).
+TEMP_NAME_PATTERN = re.compile(r"\.tmp-[0-9a-z_]{8}(-.+|\.npz)")
+# A writer rewrites its temporary file's modification time with every block it writes, so one untouched this long
+# belongs to a writer that was killed (or is hung beyond recovery) and is removed by the next write to its folder.
+STALE_TEMP_AGE_S = 10 * 60
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only or missing folder); the message names the file and the
+    fix, and no temporary file is left behind."""
+
+
+def describe_write_failure(path: str, error: BaseException) -> str:
+    """The sentence for a failed write of `path`: what happened, the likely causes and what to do."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    folder = os.path.dirname(os.path.abspath(path))
+    return (
+        f"Could not write {path} ({reason}). The disk may be full, or {folder} is not writable; free some space or "
+        f"fix the folder's permissions, then run the command again. No partial file was left."
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path next to `path` to write by name; on success it is flushed and renamed to `path`.
+
+    For writers that need a path (video encoders); `atomic_write` is the usual form. See `_atomic_file` for the
+    permissions, the flushing and the removal of stale temporary files.
+
+    Raises:
+        WriteError: an OSError while creating, writing, flushing or renaming; the temporary file is removed.
+    """
+    with _atomic_file(path) as (tmp_path, fd):
+        os.close(fd)
+        yield tmp_path
+        fd = os.open(tmp_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(fd)  # fsync flushes the file's data whichever descriptor it is called through.
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(file)` on a temporary binary file next to `path`, then flush it to the disk and rename it over
+    `path`, so readers never see half a file. Errors other than OSError from `write` propagate unchanged.
+
+    Raises:
+        WriteError: creating, writing or renaming failed (disk full, read-only folder); the message names `path`.
+    """
+    with _atomic_file(path) as (_, fd), os.fdopen(fd, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())  # The data must be on the disk before the rename makes it the real file.
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str) -> Iterator[tuple[str, int]]:
+    """Create a temporary file next to `path` and yield (its path, an open descriptor); when the body has written
+    and flushed it, rename it over `path` and flush the folder.
+
+    The file is created as `open()` creates files, with mode 0666 minus the umask (tempfile.mkstemp would make it
+    0600 whatever the umask). After a successful write, stale temporary files of killed writers in the folder are
+    removed (`remove_stale_temp_files`). On any error the temporary file is removed, and an OSError becomes a
+    WriteError that names `path`.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        for _ in range(100):
+            tmp_path = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(4)}-{os.path.basename(path)}")
+            try:
+                fd = os.open(tmp_path, flags, 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary file name", folder)
+    except OSError as error:
+        raise WriteError(describe_write_failure(path, error)) from error
+    try:
+        yield tmp_path, fd
+        os.replace(tmp_path, path)
+        _fsync_folder(folder)  # The rename lives in the folder's entries, which a power loss could otherwise lose.
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(describe_write_failure(path, error)) from error
+        raise
+    remove_stale_temp_files(folder)
+
+
+def remove_stale_temp_files(folder: str, max_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Remove our temporary files (`TEMP_NAME_PATTERN`) in `folder` not modified for `max_age_s` seconds.
+
+    A live writer keeps touching its file, so only the leftovers of killed writers go; other files, including
+    other programs' `.tmp-*` names, are never touched. Best effort: a file that vanished or cannot be removed is
+    skipped. Returns the removed paths.
+    """
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not TEMP_NAME_PATTERN.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
+                os.remove(entry.path)
+                removed.append(entry.path)
+        except OSError:  # Removed meanwhile by another process, or not ours to remove.
+            continue
+    return removed
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (a rename) to the disk, where the platform and file system support it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open folders; renames there are flushed by the file system.
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # Some file systems cannot sync folders.
+            raise
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------
@@ -170,7 +333,8 @@ def open_url(
     data = _download(url, cache_path, num_attempts, verbose, timeout_s)
     if not cache:
         return io.BytesIO(data)
-    _write_atomically(cache_path, data)
+    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    atomic_write(cache_path, lambda f: f.write(data))
     return cache_path if return_filename else open(cache_path, "rb")
 
 
@@ -197,17 +361,3 @@ def _download(url: str, cache_path: str, num_attempts: int, verbose: bool, timeo
         f"If this machine is offline, download the file elsewhere and copy it to exactly that path "
         f"(or set $DNNLIB_CACHE_DIR to another cache folder that holds 'downloads/{os.path.basename(cache_path)}')."
     )
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, so readers never see half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -406,12 +405,4 @@ def cached_dataset_stats(
 def write_npz_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write arrays to an .npz through a temporary file and a rename, so readers never see half a file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    dnnlib.util.atomic_write(path, lambda f: np.savez(f, **arrays))

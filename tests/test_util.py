@@ -44,8 +44,8 @@ def test_parse_range():
 def test_parse_vec2():
     assert util.parse_vec2("0.5,-1") == (0.5, -1.0)
     assert util.parse_vec2((1, 2)) == (1.0, 2.0)
-    for bad in ["1", "1,2,3", "a,b"]:
-        with pytest.raises(ValueError, match="two comma-separated numbers"):
+    for bad in ["1", "1,2,3", "a,b", "nan,0", "0,inf", "-inf,1"]:
+        with pytest.raises(ValueError, match="two comma-separated finite numbers"):
             util.parse_vec2(bad)
 
 

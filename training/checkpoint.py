@@ -1,5 +1,8 @@
 """Network snapshots (what users load) and training states (what resume loads), both written atomically.
 
+Writes go through `dnnlib.util.atomic_write`: a failed write (disk full, read-only folder) raises
+`dnnlib.util.WriteError`, which names the file, and leaves neither a partial file nor a temporary one.
+
 A snapshot `network-snapshot-KKKKKK.pkl` is a pickle of a dict with the modules `G`, `D`, `G_ema` (eval mode,
 on the CPU, requires_grad off), `augment_pipe` and the dict `training_set_kwargs`. Unpickling it needs only
 this package importable; our tools read it (and the published formats) with a restricted unpickler.
@@ -14,30 +17,17 @@ import glob
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+# Re-exported: the training loop writes run-directory files through this module.
+from dnnlib.util import WriteError as WriteError
+from dnnlib.util import atomic_write as atomic_write
 from training import legacy
 
 STATE_VERSION = 1  # Bump when the layout of training states changes.
 KEEP_STATES = 2  # Training states kept per run; older ones are deleted once a newer one is complete.
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def snapshot_path(run_dir: str, kimg: int) -> str:
@@ -97,14 +87,27 @@ def load_snapshot(path_or_url: str) -> dict[str, Any]:
 def save_state(path: str, state: dict[str, Any]) -> None:
     """Write a training state atomically, then delete all but the newest KEEP_STATES of its run."""
     state = {"version": STATE_VERSION, **state}
-    atomic_write(path, lambda f: torch.save(state, f))
+
+    def write(f) -> None:
+        try:
+            torch.save(state, f)
+        except RuntimeError as error:
+            # torch.save reports a failed write of its zip container as a RuntimeError ("[enforce fail at
+            # inline_container.cc] ... file write failed"); atomic_write turns an OSError into a WriteError.
+            raise OSError(f"torch.save failed: {str(error).splitlines()[0]}") from error
+
+    atomic_write(path, write)
     for old in list_states(os.path.dirname(path))[:-KEEP_STATES]:
         os.remove(old)
 
 
-def load_state(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training state written by `save_state`."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+def load_state(path: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a training state written by `save_state`.
+
+    Args:
+        mmap: Map the tensors' storage instead of reading it, for a quick look at counters and shapes.
+    """
+    state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"{path} has training state version {state.get('version')}; expected {STATE_VERSION}")
     return state
@@ -123,3 +126,24 @@ def state_next_to_snapshot(pkl_path: str) -> str | None:
         return None
     candidate = os.path.join(os.path.dirname(pkl_path), f"training-state-{match.group(1)}.pt")
     return candidate if os.path.isfile(candidate) else None
+
+
+def state_mismatches(state: dict[str, Any], modules: dict[str, torch.nn.Module]) -> list[str]:
+    """How the networks in a training state differ from `modules` ({'G': ..., 'D': ..., 'G_ema': ...}), one line
+    per tensor that is missing, extra or of another shape; [] when the state loads into them."""
+    mismatches = []
+    for name, module in modules.items():
+        saved = state.get(name)
+        if not isinstance(saved, dict):
+            mismatches.append(f"{name}: not in the file")
+            continue
+        expected = module.state_dict()
+        for key in sorted(expected.keys() - saved.keys()):
+            mismatches.append(f"{name}.{key}: not in the file")
+        for key in sorted(saved.keys() - expected.keys()):
+            mismatches.append(f"{name}.{key}: in the file, not in these networks")
+        for key in sorted(saved.keys() & expected.keys()):
+            a, b = tuple(saved[key].shape), tuple(expected[key].shape)
+            if a != b:
+                mismatches.append(f"{name}.{key}: {list(a)} in the file, {list(b)} for these options")
+    return mismatches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -194,8 +195,36 @@ class ConfigError(ValueError):
     """A combination of options that cannot train; the message names the options and the fix."""
 
 
+# The train.py float options and the config fields they set; messages name the option, or else the field.
+FLOAT_OPTIONS = {
+    "gamma": "--gamma", "glr": "--glr", "dlr": "--dlr", "p": "--p", "target": "--target", "total_kimg": "--kimg",
+    "tick_kimg": "--tick",
+}  # fmt: skip
+
+
+def non_finite_values(c: TrainingConfig) -> list[str]:
+    """'name=value' for every NaN or infinite number in the config, including inside tuples and G_kwargs.
+
+    NaN slips through every range check (it compares false with any bound) and training then misbehaves without
+    a word: gamma=nan turns R1 off, total_kimg=nan never stops.
+    """
+    found = []
+    for field in dataclasses.fields(c):
+        value = getattr(c, field.name)
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, item in items:
+            numbers = item if isinstance(item, (tuple, list)) else [item]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                label = FLOAT_OPTIONS.get(field.name, field.name) if key is None else f"{field.name}[{key!r}]"
+                found.append(f"{label}={item!r}")
+    return found
+
+
 def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> None:
     """Refuse bad combinations in one place. `dataset_info` (resolution, has_labels) enables the data checks."""
+    non_finite = non_finite_values(c)
+    if non_finite:
+        raise ConfigError(f"{', '.join(non_finite)}: every number must be finite (not NaN or infinite)")
     if c.cfg not in PRESETS:
         raise ConfigError(f"--cfg={c.cfg} is not supported; choose one of: {', '.join(PRESETS)}")
     if c.batch_size % c.gpus != 0:

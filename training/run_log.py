@@ -1,18 +1,24 @@
-"""What rank 0 writes into a run directory besides snapshots: log.txt, stats.jsonl, TensorBoard, image grids."""
+"""What rank 0 writes into a run directory besides snapshots: log.txt, stats.jsonl, TensorBoard, image grids.
+
+A failed write (disk full, folder no longer writable) raises `dnnlib.util.WriteError` naming the file.
+"""
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
 import PIL.Image
 
-from training.checkpoint import atomic_write
+from dnnlib.util import WriteError, atomic_write, describe_write_failure
 
 
 class _Tee(io.TextIOBase):
@@ -20,18 +26,28 @@ class _Tee(io.TextIOBase):
 
     def __init__(self, console: TextIO, log_file: TextIO):
         self.console = console
-        self.log_file = log_file
+        self.log_file: TextIO | None = log_file  # None once a write to it failed: the console still works.
 
     def write(self, text: str) -> int:
         self.console.write(text)
-        self.log_file.write(text)
-        if "\n" in text:
-            self.log_file.flush()
+        if self.log_file is not None:
+            self._to_log(text, flush="\n" in text)
         return len(text)
 
     def flush(self) -> None:
         self.console.flush()
-        self.log_file.flush()
+        if self.log_file is not None:
+            self._to_log("", flush=True)
+
+    def _to_log(self, text: str, flush: bool) -> None:
+        """Append to the log file; on failure stop using it (so the error itself can still be printed) and raise."""
+        try:
+            self.log_file.write(text)
+            if flush:
+                self.log_file.flush()
+        except OSError as error:
+            name, self.log_file = self.log_file.name, None
+            raise WriteError(describe_write_failure(name, error)) from error
 
 
 class RunLog:
@@ -39,8 +55,8 @@ class RunLog:
 
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
-        self._log_file = open(os.path.join(run_dir, "log.txt"), "a")
-        self._stats_file = open(os.path.join(run_dir, "stats.jsonl"), "a")
+        self._log_file = _open_append(os.path.join(run_dir, "log.txt"))
+        self._stats_file = _open_append(os.path.join(run_dir, "stats.jsonl"))
         self._saved_streams = (sys.stdout, sys.stderr)
         sys.stdout = _Tee(sys.stdout, self._log_file)
         sys.stderr = _Tee(sys.stderr, self._log_file)
@@ -49,8 +65,11 @@ class RunLog:
     def write_stats(self, stats: dict[str, Any], global_step_kimg: float) -> None:
         """Append `stats` ({name: {num, mean, std}}) to stats.jsonl and the TensorBoard event file."""
         line = {**stats, "timestamp": time.time()}
-        self._stats_file.write(json.dumps(line) + "\n")
-        self._stats_file.flush()
+        try:
+            self._stats_file.write(json.dumps(line) + "\n")
+            self._stats_file.flush()
+        except OSError as error:
+            raise WriteError(describe_write_failure(self._stats_file.name, error)) from error
         if self._tensorboard is not None:
             walltime = time.time()
             for name, value in stats.items():
@@ -72,6 +91,75 @@ class RunLog:
         self._stats_file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def _open_append(path: str) -> TextIO:
+    """Open a log for appending; failure is a WriteError naming it."""
+    try:
+        return open(path, "a")
+    except OSError as error:
+        raise WriteError(describe_write_failure(path, error)) from error
+
+
+def drop_entries_after(run_dir: str, cur_tick: int, kimg: int) -> list[str]:
+    """Make a run continued from a training state read as one uninterrupted run: drop what the interrupted session
+    logged after that state, which the continued session logs again.
+
+    Removes the lines of `stats.jsonl` of ticks `cur_tick` and later (the state was saved after tick
+    `cur_tick - 1`) and the lines of `metric-*.jsonl` about snapshots after `network-snapshot-<kimg>.pkl`; a final
+    line without its newline (a write cut short) goes too. Each file is rewritten atomically, and only when
+    something changes. TensorBoard event files cannot be edited: TensorBoard shows both sessions' values for the
+    repeated steps.
+
+    Args:
+        cur_tick: The state's tick counter (ticks completed).
+        kimg:     The state's kimg as in its file name (images seen // 1000).
+
+    Returns:
+        One line per rewritten file, saying what was dropped.
+    """
+    notes = []
+    stats_path = os.path.join(run_dir, "stats.jsonl")
+    notes += _drop_lines(stats_path, lambda entry: _stats_tick(entry) >= cur_tick, f"ticks >= {cur_tick}")
+    for path in sorted(glob.glob(os.path.join(run_dir, "metric-*.jsonl"))):
+        notes += _drop_lines(path, lambda entry: _metric_kimg(entry) > kimg, f"snapshots after {kimg} kimg")
+    return notes
+
+
+def _stats_tick(entry: dict) -> float:
+    """The tick of a stats.jsonl line; -1 (kept) when it has none."""
+    tick = entry.get("Progress/tick")
+    return tick.get("mean", -1) if isinstance(tick, dict) else -1
+
+
+def _metric_kimg(entry: dict) -> int:
+    """The snapshot kimg of a metric-*.jsonl line; -1 (kept) when it names no network-snapshot-KKKKKK.pkl."""
+    match = re.search(r"network-snapshot-(\d+)\.pkl$", str(entry.get("snapshot_pkl") or ""))
+    return int(match.group(1)) if match else -1
+
+
+def _drop_lines(path: str, drop: Callable[[dict], bool], what: str) -> list[str]:
+    """Rewrite the JSON-lines file `path` without the entries for which `drop(entry)` holds and without a final
+    line cut short; other lines, even unparseable ones, are kept as they are. Returns the note, or []."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    torn = lines.pop() != b""  # Text after the last newline: a line whose write was interrupted.
+    kept = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not (isinstance(entry, dict) and drop(entry)):
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped == 0 and not torn:
+        return []
+    atomic_write(path, lambda f: f.write(b"".join(line + b"\n" for line in kept)))
+    cut = " and a line cut short" if torn else ""
+    return [f"{os.path.basename(path)}: dropped {dropped} lines ({what}){cut}, logged after the state continued from"]
 
 
 def _open_tensorboard(run_dir: str) -> Any:

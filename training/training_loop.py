@@ -578,14 +578,43 @@ def print_summaries(
 
 def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
     """Create the run directory and training_options.json on rank 0 (unless continuing in place); every rank
-    returns the config with `run_dir` set."""
+    returns the config with `run_dir` set.
+
+    Continuing in place from a training state, the per-tick and per-snapshot logs are first cut back to that state
+    (`run_log.drop_entries_after`), so they read as one uninterrupted run.
+
+    Raises:
+        dnnlib.util.WriteError: the run directory or its options file cannot be written (the message names it); a
+            run directory made here is removed again, so no empty run is left behind.
+    """
     if distributed.is_main():
-        if c.run_dir is None or not os.path.isdir(c.run_dir):
-            c = dataclasses.replace(c, run_dir=next_run_dir(c))
-            os.makedirs(c.run_dir)
-        checkpoint.atomic_write(
-            os.path.join(c.run_dir, "training_options.json"), lambda f: f.write(c.to_json().encode())
-        )
+        continuing = c.run_dir is not None and os.path.isdir(c.run_dir)
+        if not continuing:
+            for _ in range(100):
+                c = dataclasses.replace(c, run_dir=next_run_dir(c))
+                try:
+                    os.makedirs(c.run_dir)
+                    break
+                except FileExistsError:
+                    continue  # Another job took this number since we listed the folder: take the next one.
+                except OSError as error:
+                    raise dnnlib.util.WriteError(dnnlib.util.describe_write_failure(c.run_dir, error)) from error
+            else:
+                raise dnnlib.util.WriteError(f"Could not make a new run directory in {c.outdir}: every name was taken")
+        try:
+            checkpoint.atomic_write(
+                os.path.join(c.run_dir, "training_options.json"), lambda f: f.write(c.to_json().encode())
+            )
+        except dnnlib.util.WriteError:
+            if not continuing:
+                os.rmdir(c.run_dir)  # Still empty: the failed write left no file.
+            raise
+        if continuing and c.resume_state is not None:
+            from training import run_log
+
+            progress = checkpoint.load_state(c.resume_state, mmap=True)["progress"]
+            for note in run_log.drop_entries_after(c.run_dir, progress["cur_tick"], progress["cur_nimg"] // 1000):
+                print(note)
     if distributed.is_distributed():
         shared = [c]
         torch.distributed.broadcast_object_list(shared, src=0)
