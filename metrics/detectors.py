@@ -4,16 +4,31 @@ A detector is found, in this order: in `detector_dir` (a folder holding the file
 the file itself), in the download cache (`$DNNLIB_CACHE_DIR/downloads/`, where `dnnlib.util.open_url` keeps
 downloads), and finally by downloading it. Both published forms load: a TorchScript archive (`torch.jit.save`, a
 zip) and a pickle of a TorchScript module.
+
+What loading runs. A file anyone could have planted in the detector folder or the cache must not run code:
+- When the registry knows a file's SHA-256 (`DetectorSpec.sha256`), a file with another hash is refused before it
+  is read.
+- A pickle is read by `DetectorUnpickler`, which resolves only what a pickled TorchScript module needs
+  (`torch.jit.load` of in-memory archive bytes); any other global, such as `os.system`, is refused before anything
+  from the file runs.
+- A TorchScript archive holds tensors and TorchScript code (the module's methods, compiled from Python source).
+  `torch.jit.load` compiles and runs that code in the TorchScript interpreter, not in Python: it can only call
+  TorchScript operators, not import modules or call arbitrary Python functions. The interpreter is not a
+  security boundary that PyTorch reviews, though, so a checksum is the real guarantee.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import io
 import os
 import pickle
 import urllib.parse
 import warnings
+from collections.abc import Mapping
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,16 +40,22 @@ DOWNLOAD_ATTEMPTS = 3  # Tries per URL before a detector counts as unavailable.
 
 @dataclasses.dataclass(frozen=True)
 class DetectorSpec:
-    """A published feature network: what it is and the URLs it is distributed at (preferred first)."""
+    """A published feature network: what it is, the URLs it is distributed at (preferred first) and the SHA-256 of
+    the published files, by file name (a file without an entry is loaded unverified)."""
 
     description: str
     urls: tuple[str, ...]
+    sha256: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     @property
     def filenames(self) -> list[str]:
         """The file names the detector goes by (the URLs' basenames), preferred first."""
         return [os.path.basename(urllib.parse.urlparse(url).path) for url in self.urls]
 
+
+# The SHA-256 of the published files are not recorded yet: the files could not be downloaded where this was
+# written, and a guessed hash would refuse the genuine file. Add them as `sha256={"vgg16.pkl": "<64 hex digits>"}`
+# from a trusted download (`sha256sum FILE`); from then on every load verifies them.
 
 # Inception-v3 as TensorFlow's 2015-12-05 graph, translated to TorchScript; the FID/KID/IS numbers of the
 # StyleGAN papers were measured with it. `det(uint8 [N, 3, H, W], return_features=True)` -> [N, 2048] pool
@@ -60,12 +81,23 @@ VGG16 = DetectorSpec(
 )
 
 
+DETECTORS = (INCEPTION, VGG16)  # Every registered detector; file checksums are looked up here.
+
+
 class DetectorUnavailableError(MetricError):
     """A detector file that is neither in --detector-dir, nor in the download cache, nor downloadable."""
 
 
 class DetectorLoadError(MetricError):
     """A detector file that exists but does not load as a TorchScript archive or pickle."""
+
+
+class DetectorChecksumError(DetectorLoadError):
+    """A detector file whose SHA-256 is not the published file's."""
+
+
+class UnsafeDetectorError(DetectorLoadError):
+    """A detector pickle that asks for a global outside what pickled TorchScript modules need."""
 
 
 def find_local(spec: DetectorSpec, detector_dir: str | None) -> str | None:
@@ -116,6 +148,7 @@ def require(needed: dict[DetectorSpec, list[str]], detector_dir: str | None = No
     Raises:
         DetectorUnavailableError: some detectors are missing; the message says, for each, its file name, URL,
                                   and the two places to put it.
+        DetectorChecksumError:    a file found is not the published one (see `verify_checksum`).
     """
     if detector_dir is not None and not os.path.exists(detector_dir):
         raise DetectorUnavailableError(f"--detector-dir={detector_dir}: no such folder or file")
@@ -125,6 +158,8 @@ def require(needed: dict[DetectorSpec, list[str]], detector_dir: str | None = No
         if path is None:
             missing.append(_missing_message(spec, metric_names, reason, detector_dir))
         else:
+            with open(path, "rb") as f:
+                verify_checksum(path, f)  # Refuse a wrong file now, not when the first snapshot is measured.
             paths[spec] = path
     if missing:
         raise DetectorUnavailableError(
@@ -147,6 +182,75 @@ def _missing_message(spec: DetectorSpec, metric_names: list[str], reason: str, d
     )
 
 
+def expected_sha256(path: str) -> tuple[DetectorSpec, str, str] | None:
+    """(detector, published file name, its SHA-256) for a detector file known by its name (published, or as the
+    download cache names it), when the registry records the hash; else None."""
+    name = os.path.basename(path)
+    for spec in DETECTORS:
+        for url, filename in zip(spec.urls, spec.filenames, strict=True):
+            if name in (filename, os.path.basename(dnnlib.util.url_cache_path(url))) and spec.sha256.get(filename):
+                return spec, filename, spec.sha256[filename].lower()
+    return None
+
+
+def verify_checksum(path: str, f: BinaryIO) -> None:
+    """Check the open file `f` (of `path`) against its published SHA-256, if known; leaves `f` at its start.
+
+    Raises:
+        DetectorChecksumError: the hash differs; the message names the file, both hashes and the fix.
+    """
+    expected = expected_sha256(path)
+    if expected is None:
+        return
+    spec, filename, sha256 = expected
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    f.seek(0)
+    if digest.hexdigest() != sha256:
+        url = next(url for url, name in zip(spec.urls, spec.filenames, strict=True) if name == filename)
+        raise DetectorChecksumError(
+            f"{path} is not the published {filename}: its SHA-256 is {digest.hexdigest()}, the published file's is "
+            f"{sha256}. It is damaged, incomplete or replaced, so it was not loaded. Delete it and run again to "
+            f"download it anew, or copy the published file from {url}"
+        )
+
+
+class DetectorUnpickler(pickle.Unpickler):
+    """Reads a pickled TorchScript module (`torch.jit.load(io.BytesIO(archive))`, as the published .pkl files are
+    made) and refuses every other global before anything from the file runs."""
+
+    # The globals such a pickle names, in both spellings: older PyTorch defined torch.jit.load in torch.jit, and
+    # io.BytesIO is _io.BytesIO.
+    JIT_LOAD = {("torch.jit._serialization", "load"), ("torch.jit", "load")}
+    BYTES_IO = {("_io", "BytesIO"), ("io", "BytesIO")}
+
+    def __init__(self, file: BinaryIO, path: str):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.JIT_LOAD:
+            return self._load_archive_bytes
+        if (module, name) in self.BYTES_IO:
+            return io.BytesIO
+        raise UnsafeDetectorError(
+            f"{self.path} asks for {module}.{name} while unpickling, which a detector (a pickled TorchScript module) "
+            f"never needs; it was refused and nothing from the file ran. Replace the file with the published one, or "
+            f"use its TorchScript archive (.pt)."
+        )
+
+    def _load_archive_bytes(self, f: Any, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        """`torch.jit.load` as the pickle may call it: only on archive bytes the pickle itself carries (a path or
+        another file object would load some other file)."""
+        if not isinstance(f, io.BytesIO) or args or kwargs:
+            raise UnsafeDetectorError(
+                f"{self.path} calls torch.jit.load on {type(f).__name__}{' with options' if args or kwargs else ''}; "
+                f"a detector pickle may only load the archive bytes it holds, so it was refused."
+            )
+        return torch.jit.load(f, map_location="cpu")
+
+
 def load_detector(path: str, device: torch.device) -> torch.nn.Module:
     """Load a detector file (TorchScript archive or pickle) onto `device`, once per (file, device)."""
     stat = os.stat(path)
@@ -159,6 +263,7 @@ def _load_cached(path: str, size: int, mtime_ns: int, device: str) -> torch.nn.M
     del size, mtime_ns  # Only part of the cache key.
     try:
         with open(path, "rb") as f:
+            verify_checksum(path, f)  # The same open file is then loaded: a swap after the check changes nothing.
             # torch.jit.save writes a zip archive (b'PK\x03\x04'); a pickle starts with b'\x80'. (A pickle may embed
             # an archive, which fools zipfile.is_zipfile, hence the look at the first bytes.)
             is_archive = f.read(4) == b"PK\x03\x04"
@@ -166,12 +271,17 @@ def _load_cached(path: str, size: int, mtime_ns: int, device: str) -> torch.nn.M
             with warnings.catch_warnings():
                 # Recent PyTorch deprecates TorchScript; the published detectors exist only in that form.
                 warnings.simplefilter("ignore", FutureWarning)
-                detector = torch.jit.load(f, map_location=device) if is_archive else pickle.load(f)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                detector = torch.jit.load(f, map_location=device) if is_archive else DetectorUnpickler(f, path).load()
+    except DetectorLoadError:
+        raise
     except Exception as error:
         raise DetectorLoadError(
             f"{path} does not load as a TorchScript archive or a pickled TorchScript module ({type(error).__name__}: "
             f"{error}). Replace it with the published file, or use the TorchScript archive (.pt) version."
         ) from error
-    if not isinstance(detector, torch.nn.Module):
-        raise DetectorLoadError(f"{path} holds a {type(detector).__name__}, not a torch module (a detector network)")
+    if not isinstance(detector, torch.jit.ScriptModule):
+        raise DetectorLoadError(
+            f"{path} holds a {type(detector).__name__}, not a TorchScript module (a detector network)"
+        )
     return detector.eval().to(device)

@@ -7,6 +7,7 @@ the offline handling and the JSON output run without the real 100 MB files.
 """
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -455,6 +456,66 @@ def test_detectors_are_found_in_the_download_cache(workspace, cache_dir):
     metrics.check_metrics_available(["fid50k_full", "is50k"])  # Offline, but the cache has the file.
     with pytest.raises(metrics.DetectorUnavailableError, match="vgg16.pkl"):
         metrics.check_metrics_available(["pr50k3_full"])
+
+
+class _Planted:
+    """A pickle that would run a shell command when unpickled with pickle.load."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class _JitFromPath:
+    """A pickle calling torch.jit.load on a path: it would load some other file than the pickle holds."""
+
+    def __reduce__(self):
+        return torch.jit.load, ("/etc/passwd",)
+
+
+def test_a_planted_detector_pickle_is_refused_before_anything_runs(tmp_path):
+    marker = tmp_path / "the-pickle-ran"
+    path = tmp_path / "inception-2015-12-05.pkl"
+    path.write_bytes(pickle.dumps(_Planted(f"touch {marker}")))
+    with pytest.raises(detectors.UnsafeDetectorError) as error:
+        detectors.load_detector(str(path), CPU)
+    assert not marker.exists()
+    assert str(path) in str(error.value) and ".system" in str(error.value)  # posix.system, as pickle spells it.
+    assert "nothing from the file ran" in str(error.value) and isinstance(error.value, metrics.MetricError)
+
+    path.write_bytes(pickle.dumps(_JitFromPath()))
+    with pytest.raises(detectors.UnsafeDetectorError, match="calls torch.jit.load on str"):
+        detectors.load_detector(str(path), CPU)
+
+
+def test_a_detector_file_with_another_checksum_is_refused(tmp_path, monkeypatch):
+    write_stand_in_detectors(tmp_path)
+    path = tmp_path / "inception-2015-12-05.pkl"
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def register(sha256: str) -> None:
+        spec = dataclasses.replace(detectors.INCEPTION, sha256={"inception-2015-12-05.pkl": sha256})
+        monkeypatch.setattr(detectors, "DETECTORS", (spec, detectors.VGG16))
+
+    register("0" * 64)
+    with pytest.raises(detectors.DetectorChecksumError) as error:
+        detectors.load_detector(str(path), CPU)
+    message = str(error.value)
+    assert str(path) in message and "0" * 64 in message and actual in message
+    assert detectors.INCEPTION.urls[0] in message and "Delete it" in message
+    # Before training starts, too, and under the download cache's name for the file.
+    with pytest.raises(detectors.DetectorChecksumError):
+        detectors.require({detectors.INCEPTION: ["fid50k_full"]}, str(tmp_path), download=False)
+    cached = tmp_path / os.path.basename(dnnlib.util.url_cache_path(detectors.INCEPTION.urls[0]))
+    shutil.copyfile(path, cached)
+    with pytest.raises(detectors.DetectorChecksumError):
+        detectors.load_detector(str(cached), CPU)
+
+    register(actual.upper())  # The published file loads; the hash may be written in either case.
+    assert isinstance(detectors.load_detector(str(path), CPU), torch.jit.ScriptModule)
+    assert isinstance(detectors.load_detector(str(tmp_path / "vgg16.pt"), CPU), torch.jit.ScriptModule)  # No hash.
 
 
 def test_unknown_metric_names_are_refused_with_the_list(workspace):
