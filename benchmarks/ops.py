@@ -10,9 +10,11 @@ Example:
 """
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import click
 import torch
@@ -95,7 +97,8 @@ def measure(call: dict, impl: str, repeats: int) -> tuple[float, float]:
     show_default=True,
     help="Timed repetitions per call.",
 )
-def main(batch: int, repeats: int) -> None:
+@click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), help="Also write the rows here.")
+def main(batch: int, repeats: int, json_path: str | None) -> None:
     """Print a table: each distinct op call of a 256x256 StyleGAN3-T G and its D, cuda against ref."""
     if not torch.cuda.is_available():
         sys.exit("benchmarks.ops needs a CUDA GPU (the kernels only run there); none is visible.")
@@ -116,14 +119,20 @@ def main(batch: int, repeats: int) -> None:
     print(f"{'op':<15} {'x shape':<22} {'dtype':<8} {'calls':>5} {'ref ms':>8} {'cuda ms':>8} {'speed-up':>8} "
           f"{'ref MB':>8} {'cuda MB':>8}")  # fmt: skip
     totals = [0.0, 0.0]
+    rows = []
     for call in calls.values():
         x = call["args"][0]
         (ref_ms, ref_mb), (cuda_ms, cuda_mb) = (measure(call, impl, repeats) for impl in ("ref", "cuda"))
         totals[0] += ref_ms * call["count"]
         totals[1] += cuda_ms * call["count"]
+        rows.append(dict(op=call["name"], shape=list(x.shape), dtype=str(x.dtype)[6:], calls=call["count"],
+                         ref_ms=ref_ms, cuda_ms=cuda_ms, ref_mb=ref_mb, cuda_mb=cuda_mb))  # fmt: skip
         print(f"{call['name']:<15} {str(list(x.shape)):<22} {str(x.dtype)[6:]:<8} {call['count']:>5} "
               f"{ref_ms:>8.3f} {cuda_ms:>8.3f} {ref_ms / cuda_ms:>7.2f}x {ref_mb:>8.1f} {cuda_mb:>8.1f}")  # fmt: skip
     print(f"Total per G+D pass (forward + backward, calls x time): ref {totals[0]:.1f} ms, cuda {totals[1]:.1f} ms")
+    if json_path is not None:
+        summary = dict(batch=batch, repeats=repeats, total_ref_ms=totals[0], total_cuda_ms=totals[1], rows=rows)
+        Path(json_path).write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

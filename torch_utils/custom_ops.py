@@ -188,9 +188,10 @@ def get_kernel(name: str) -> ModuleType | None:
         return None
 
 
-def build_all(verbose: bool = True) -> None:
-    """Build every kernel (for $TORCH_CUDA_ARCH_LIST without a GPU); raises on the first failure."""
-    for name in KERNELS:
+def build_all(verbose: bool = True, names: list[str] | None = None) -> None:
+    """Build every kernel, or those in `names` (for $TORCH_CUDA_ARCH_LIST without a GPU); raises on the first
+    failure."""
+    for name in names or list(KERNELS):
         start = time.time()
         print(f"Building {name} for TORCH_CUDA_ARCH_LIST={arch_list()} ...", flush=True)
         build(name, verbose=verbose)
@@ -202,11 +203,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build-only", action="store_true", help="compile every kernel; exit 1 on any error")
     parser.add_argument("--quiet", action="store_true", help="do not print the compiler command lines")
+    parser.add_argument(
+        "--kernel", action="append", choices=list(KERNELS), help="build only this kernel (repeatable; default: all)"
+    )
     args = parser.parse_args()
     if not args.build_only:
         parser.error("nothing to do; pass --build-only")
     try:
-        build_all(verbose=not args.quiet)
+        build_all(verbose=not args.quiet, names=args.kernel)
     except Exception as err:  # noqa: BLE001 - report any failure as a non-zero exit for CI
         print(f"Kernel build failed: {err}", file=sys.stderr)
         sys.exit(1)

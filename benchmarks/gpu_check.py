@@ -1,0 +1,623 @@
+"""The prepared GPU check: one command that verifies and times everything GPU-only, within a time budget.
+
+GPU time comes in short, rare leases, so everything here was prepared on the CPU and runs as one command that
+writes its results, after every step, as `results.md` and `results.json` (plus the full output in `log.txt`)
+into the folder given by --out. The steps, in priority order (a step that would not fit in what is left of
+--budget-min is recorded as skipped, never cut off silently):
+
+  kernels  build the CUDA kernels (python -m torch_utils.custom_ops --build-only), then `pytest -m cuda`.
+  guard    a few float32 training steps with the kernels on and off must give the same weights (the difference
+           of the two updates, relative to the update), and a float16 run with the kernels must stay finite.
+  speed    for each --cfgs (256x256, --batch=32 --batch-gpu=16 by default): ours with the kernels, then the
+           published trainer on the same data (when unpacked under --peer), and the ratio ours/theirs.
+  ops      benchmarks/ops.py: each op call of a 256x256 StyleGAN3-T G and its D, kernels against reference.
+
+Without a GPU, `kernels` and `ops` are recorded as skipped and the other steps run on the CPU (a smoke test of
+this script, not a benchmark). The published trainers are separate programs: they run from their own folder with
+their own PYTHONPATH, and their custom ops are compiled in the background while ours build.
+
+Examples:
+
+    # On a lent GPU machine (about 8 minutes): everything, with the published trainers unpacked in .peer/.
+    bash ../shared/peer/prepare.sh .peer      # once, on the CPU machine; then carry .peer along
+    bash benchmarks/gpu_check.sh --out=$OUT
+
+    # Only the speed of two configurations, after a first call ran out of time.
+    bash benchmarks/gpu_check.sh --out=$OUT --steps=speed --cfgs=creps,stylegan3-r
+
+    # What would run, without running it.
+    python -m benchmarks.gpu_check --out=/tmp/check --plan
+"""
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+import numpy as np
+import torch
+
+from benchmarks.train_speed import ROOT, SpeedRun, make_dataset, read_ticks, summarize
+from torch_utils import custom_ops
+from training.checkpoint import load_snapshot
+from training.config import PRESETS, TrainingConfig
+from training.dataset import ImageFolderDataset
+from training.training_loop import build_networks, training_set_kwargs
+
+STEPS = ["kernels", "guard", "speed", "ops"]
+CFG_ORDER = ["stylegan3-t", "stylegan2", "creps", "stylegan3-r"]  # Most asked-about first, in case time runs out.
+PEER_REPO = {"stylegan2": "stylegan3", "stylegan3-t": "stylegan3", "stylegan3-r": "stylegan3", "creps": "creps"}
+PEER_OPS = ("bias_act", "upfirdn2d", "filtered_lrelu")  # The published custom ops, compiled on first use.
+MIN_STEP_SEC = 45  # A step (or one training run) is not started with less time than this left.
+
+# The targets the speed figures are held to (issue 12): ours/theirs s/kimg, steady memory ours/theirs, and our
+# start-up peak over our steady memory.
+TARGET_SPEED_RATIO = 0.5
+TARGET_MEMORY_RATIO = 1.0
+TARGET_STARTUP_RATIO = 1.25
+
+# Quality guard: the float32 updates with the kernels on and off may differ by this much, relative to the update
+# (rounding differences only; a wrong kernel gives differences of the order of the update itself).
+GUARD_TOLERANCE = 1e-2
+
+
+@dataclasses.dataclass
+class Check:
+    """Everything the steps share: options, the deadline, the results so far and where they are written."""
+
+    out: Path
+    steps: list[str]
+    cfgs: list[str]
+    run: SpeedRun  # The speed runs' options; run.cfg is replaced per configuration.
+    peer: Path
+    guard_cfg: str
+    guard_resolution: int
+    guard_kimg: float
+    max_images: int
+    deadline: float  # time.time() by which everything must have finished.
+    work: Path = Path()  # Scratch space (datasets, run directories), removed at the end.
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log: TextIO | None = None
+    peer_builds: list[subprocess.Popen] = dataclasses.field(default_factory=list)  # Compiling the published ops.
+
+    def seconds_left(self) -> float:
+        """Seconds until the deadline."""
+        return self.deadline - time.time()
+
+    def record(self, step: str, status: str, seconds: float, **figures: Any) -> None:
+        """Store one step's outcome and rewrite the result files, so a cut-off run still leaves what it did."""
+        self.results.setdefault("steps", {})[step] = dict(status=status, seconds=round(seconds, 1), **figures)
+        write_results(self.out, self.results)
+
+
+# ----------------------------------------------------------------------------
+# Running commands.
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a command ended."""
+
+    returncode: int | None  # None: killed at its time limit.
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run_logged(
+    check: Check, title: str, cmd: list[str], cwd: Path = ROOT, env: dict | None = None, limit_sec: float = 600
+) -> Outcome:
+    """Run `cmd`, appending its output to log.txt; kill it and its children after `limit_sec` seconds."""
+    log = check.log
+    assert log is not None, "run_logged needs the open log"
+    log.write(f"\n===== {title}\n$ (cd {cwd} && {' '.join(cmd)})\n")
+    log.flush()
+    start = time.time()
+    # A new session, so that a time-out also stops the DataLoader workers and compiler jobs it started.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=max(limit_sec, 1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        returncode = None
+    outcome = Outcome(returncode, time.time() - start)
+    status = "timed out" if returncode is None else f"exit {returncode}"
+    log.write(f"===== {title}: {status} after {outcome.seconds:.0f} s\n")
+    log.flush()
+    return outcome
+
+
+def run_logged_parallel(check: Check, commands: dict[str, list[str]], limit_sec: float) -> Outcome:
+    """Run the commands side by side from the repository root; their outputs go to log.txt one after another.
+
+    The outcome is the first failure's (or success), timed from the start to the last one's end.
+    """
+    assert check.log is not None, "run_logged_parallel needs the open log"
+    start = time.time()
+    procs = {}
+    for title, cmd in commands.items():
+        output = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        procs[title] = (proc, output, cmd)
+    returncodes = []
+    for title, (proc, output, cmd) in procs.items():
+        try:
+            returncodes.append(proc.wait(timeout=max(start + limit_sec - time.time(), 1)))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncodes.append(None)
+        output.seek(0)
+        check.log.write(f"\n===== {title}\n$ {' '.join(cmd)}\n{output.read()}===== {title}: exit {returncodes[-1]}\n")
+        output.close()
+    check.log.flush()
+    failed = [rc for rc in returncodes if rc != 0]
+    return Outcome(failed[0] if failed else 0, time.time() - start)
+
+
+def python_env(extra_path: Path | None = None, **variables: str) -> dict:
+    """This process's environment with PYTHONPATH set to one folder (ours, or a published trainer's)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **variables)
+    env["PYTHONPATH"] = str(extra_path or ROOT)
+    return env
+
+
+def peer_dir(check: Check, cfg: str) -> Path | None:
+    """The unpacked published trainer for `cfg`, or None when it is absent."""
+    folder = check.peer / PEER_REPO[cfg]
+    return folder if (folder / "train.py").is_file() else None
+
+
+def start_peer_op_builds(check: Check) -> list[subprocess.Popen]:
+    """Compile the published custom ops in the background (they build on first use, about a minute each).
+
+    Each published repository is a separate program with its own PYTHONPATH; its ops are asked to build through
+    their own `_init()`, exactly what their training does on its first step.
+    """
+    procs = []
+    for repo in sorted({PEER_REPO[c] for c in check.cfgs}):
+        folder = check.peer / repo
+        if not (folder / "train.py").is_file():
+            continue
+        code = "from torch_utils.ops import " + ", ".join(PEER_OPS) + "; " + "; ".join(f"{m}._init()" for m in PEER_OPS)
+        log = open(check.out / f"peer-build-{repo}.txt", "w")  # noqa: SIM115 - closed when the process is waited for
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=folder,
+                env=python_env(folder),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        )
+    return procs
+
+
+# ----------------------------------------------------------------------------
+# The steps.
+
+
+def step_kernels(check: Check) -> None:
+    """Build the kernels, then run the GPU tests."""
+    if not torch.cuda.is_available():
+        check.record("kernels", "skipped: no CUDA GPU", 0)
+        return
+    # One process per kernel: each compiles one large .cu file, so building them side by side saves minutes.
+    builds = {name: [sys.executable, "-m", "torch_utils.custom_ops", "--build-only", "--quiet", f"--kernel={name}"]
+              for name in custom_ops.KERNELS}  # fmt: skip
+    build = run_logged_parallel(check, builds, limit_sec=check.seconds_left() - MIN_STEP_SEC)
+    if not build.ok:
+        check.record("kernels", "failed: the kernels did not build (see log.txt)", build.seconds)
+        return
+    junit = check.work / "cuda-tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-n0", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    cmd += [str(p.relative_to(ROOT)) for p in cuda_test_files()]
+    tests = run_logged(check, "pytest -m cuda", cmd, env=python_env(), limit_sec=check.seconds_left() - MIN_STEP_SEC)
+    counts = junit_counts(junit) if junit.is_file() else {}
+    passed = tests.ok and counts.get("failures", 1) == 0 and counts.get("errors", 1) == 0
+    status = "passed" if passed else ("timed out" if tests.returncode is None else "failed (see log.txt)")
+    check.record("kernels", status, build.seconds + tests.seconds, build_sec=round(build.seconds, 1), tests=counts)
+
+
+def cuda_test_files() -> list[Path]:
+    """The test files that hold GPU tests (collecting only these keeps an unrelated import from failing the step)."""
+    return sorted(p for p in (ROOT / "tests").glob("test_*.py") if "pytest.mark.cuda" in p.read_text())
+
+
+def junit_counts(path: Path) -> dict[str, int]:
+    """Test, failure, error and skip counts from a pytest JUnit XML report."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    keys = ("tests", "failures", "errors", "skipped")
+    return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
+
+
+def step_guard(check: Check) -> None:
+    """The quality guard: kernels on vs off in float32 give the same training, and float16 stays finite."""
+    start = time.time()
+    data = make_dataset(workdir(check, "guard-data"), check.guard_resolution, 64)
+    run = SpeedRun(
+        cfg=check.guard_cfg, resolution=check.guard_resolution, batch=8, batch_gpu=8, kimg=check.guard_kimg,
+        tick_kimg=check.guard_kimg, cbase=8192, cmax=128, workers=1, fp32=True,
+    )  # fmt: skip
+    snapshots = {}
+    runs = [("float32-ref", False, True), ("float32-cuda", True, True), ("float16-cuda", True, False)]
+    for name, kernels, fp32 in runs:  # (name, kernels on, --fp32)
+        outdir = check.work / f"guard-{name}"
+        cmd = [sys.executable, "train.py", *dataclasses.replace(run, fp32=fp32).train_args(data, outdir), "--nobench=1"]
+        env = python_env(GANFORGE_CUDA_OPS="1" if kernels else "0")
+        outcome = run_logged(check, f"guard {name}", cmd, env=env, limit_sec=check.seconds_left())
+        found = sorted(outdir.glob("*/network-snapshot-*.pkl"))
+        if not outcome.ok or not found:
+            check.record("guard", f"failed: the {name} run did not finish (see log.txt)", time.time() - start)
+            return
+        snapshots[name] = found[-1]
+    ref, cuda = (network_tensors(load_snapshot(str(snapshots[k]))) for k in ("float32-ref", "float32-cuda"))
+    agreement = compare_training(ref, cuda, initial_tensors(snapshots["float32-ref"].parent))
+    finite = finite_report(snapshots["float16-cuda"])
+    passed = agreement["relative_update_diff"] <= GUARD_TOLERANCE and finite["finite"]
+    figures = dict(cfg=check.guard_cfg, resolution=check.guard_resolution, kimg=check.guard_kimg, float32=agreement)
+    check.record("guard", "passed" if passed else "failed", time.time() - start, **figures, float16=finite)
+
+
+def network_tensors(snapshot: dict) -> dict[str, torch.Tensor]:
+    """Every floating-point parameter and buffer of G, D and G_ema, by qualified name, in float64 on the CPU."""
+    tensors = {}
+    for key in ("G", "D", "G_ema"):
+        for name, value in snapshot[key].state_dict().items():
+            if value.is_floating_point():
+                tensors[f"{key}.{name}"] = value.detach().double().cpu()
+    return tensors
+
+
+def initial_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights the run started from, rebuilt from its training options (construction is seeded)."""
+    c = TrainingConfig.load(str(run_dir))
+    dataset = ImageFolderDataset(**training_set_kwargs(c))
+    G, D, G_ema = build_networks(c, dataset, torch.device("cpu"))
+    return network_tensors(dict(G=G, D=D, G_ema=G_ema))
+
+
+def compare_training(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], start: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """How far two runs from the same start ended apart: |a - b| over |a - start| (all tensors as one vector)."""
+    assert a.keys() == b.keys() == start.keys(), "the two runs trained different networks"
+    diff = math.sqrt(sum(float((a[k] - b[k]).square().sum()) for k in a))
+    update = math.sqrt(sum(float((a[k] - start[k]).square().sum()) for k in a))
+    max_abs = max(float((a[k] - b[k]).abs().max()) for k in a)
+    return dict(relative_update_diff=diff / max(update, 1e-30), update_norm=update, max_abs_diff=max_abs)
+
+
+def finite_report(snapshot_path: Path) -> dict[str, Any]:
+    """Whether a run's weights are all finite, and its non-finite gradient values and losses per its stats."""
+    tensors = network_tensors(load_snapshot(str(snapshot_path)))
+    bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
+    ticks = read_ticks(snapshot_path.parent.parent)
+    nonfinite = sum(v["mean"] * v["num"] for t in ticks for k, v in t.items() if k.startswith("Progress/nonfinite"))
+    losses = [v["mean"] for t in ticks for k, v in t.items() if k.startswith("Loss/")]
+    losses_finite = bool(np.isfinite(losses).all())
+    return dict(finite=not bad and losses_finite, nonfinite_tensors=bad[:10], nonfinite_grads=nonfinite,
+                losses_finite=losses_finite)  # fmt: skip
+
+
+def step_speed(check: Check) -> None:
+    """For each configuration: ours with the kernels, then the published trainer on the same data."""
+    start = time.time()
+    data = make_dataset(workdir(check, "speed-data"), check.run.resolution, check.max_images)
+    rows = check.results.setdefault("speed", {})
+    for cfg in check.cfgs:
+        run = dataclasses.replace(check.run, cfg=cfg)
+        rows[cfg] = row = dict(ours=None, theirs=None)
+        row["ours"] = time_run(check, f"ours {cfg}", [sys.executable, "train.py"], ROOT, run, data, kernels=True)
+        folder = peer_dir(check, cfg)
+        if folder is None:
+            row["theirs"] = f"absent: no {check.peer / PEER_REPO[cfg]}/train.py (bash ../shared/peer/prepare.sh .peer)"
+        else:
+            for proc in check.peer_builds:  # Their first tick must not include a compile we started early.
+                wait_or_kill(proc, check.seconds_left() - MIN_STEP_SEC)
+            row["theirs"] = time_run(check, f"theirs {cfg}", [sys.executable, "train.py"], folder, run, data)
+        row.update(ratios(row["ours"], row["theirs"]))
+        check.record("speed", "running", time.time() - start)
+    done = all(isinstance(r["ours"], dict) for r in rows.values())
+    check.record("speed", "done" if done else "incomplete (see the table)", time.time() - start)
+
+
+def workdir(check: Check, name: str) -> Path:
+    """A fresh folder under the check's scratch space."""
+    folder = check.work / name
+    folder.mkdir()
+    return folder
+
+
+def wait_or_kill(proc: subprocess.Popen, limit_sec: float) -> None:
+    """Wait up to `limit_sec` for a background process, then stop it and its children."""
+    try:
+        proc.wait(timeout=max(limit_sec, 0.1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def time_run(
+    check: Check, title: str, program: list[str], cwd: Path, run: SpeedRun, data: Path, kernels: bool = False
+) -> dict | str:
+    """Train once and summarize its ticks; a string says why there are no figures."""
+    if check.seconds_left() < MIN_STEP_SEC:
+        return "skipped: out of time"
+    outdir = check.work / title.replace(" ", "-")
+    env = python_env(cwd, GANFORGE_CUDA_OPS="1" if kernels else "0")
+    outcome = run_logged(check, title, [*program, *run.train_args(data, outdir)], cwd, env, check.seconds_left())
+    ticks = read_ticks(outdir)
+    if not ticks:
+        return "timed out before its first tick" if outcome.returncode is None else "failed (see log.txt)"
+    result = dataclasses.asdict(summarize(ticks))
+    if not outcome.ok:
+        result["note"] = "timed out" if outcome.returncode is None else f"exit {outcome.returncode}"
+    return result
+
+
+def ratios(ours: dict | str | None, theirs: dict | str | None) -> dict[str, float | bool | None]:
+    """Ours over theirs for speed and memory, our start-up peak over our steady memory, and the targets met."""
+    if not isinstance(ours, dict):
+        return {}
+    startup = ours["startup_gb"] / ours["steady_gb"] if ours["steady_gb"] > 0 else None
+    out: dict[str, float | bool | None] = dict(startup_over_steady=startup)
+    if isinstance(theirs, dict) and theirs["sec_per_kimg"] > 0:
+        out["speed_ratio"] = ours["sec_per_kimg"] / theirs["sec_per_kimg"]
+        out["memory_ratio"] = ours["steady_gb"] / theirs["steady_gb"] if theirs["steady_gb"] > 0 else None
+        out["targets_met"] = (
+            out["speed_ratio"] <= TARGET_SPEED_RATIO
+            and (out["memory_ratio"] or 0) <= TARGET_MEMORY_RATIO
+            and (startup or 0) <= TARGET_STARTUP_RATIO
+            and ours["steady_ticks"] > 0
+            and theirs["steady_ticks"] > 0
+        )
+    return out
+
+
+def step_ops(check: Check) -> None:
+    """benchmarks/ops.py at the shapes of a 256x256 StyleGAN3-T G and its D."""
+    if not torch.cuda.is_available():
+        check.record("ops", "skipped: no CUDA GPU", 0)
+        return
+    path = check.work / "ops.json"
+    cmd = [sys.executable, "-m", "benchmarks.ops", "--batch=16", "--repeats=10", f"--json={path}"]
+    outcome = run_logged(check, "ops", cmd, env=python_env(), limit_sec=check.seconds_left())
+    if not outcome.ok or not path.is_file():
+        check.record("ops", "failed (see log.txt)", outcome.seconds)
+        return
+    ops = json.loads(path.read_text())
+    check.results["ops"] = ops
+    check.record("ops", "done", outcome.seconds, total_ref_ms=ops["total_ref_ms"], total_cuda_ms=ops["total_cuda_ms"])
+
+
+STEP_FUNCTIONS: dict[str, Callable[[Check], None]] = dict(
+    kernels=step_kernels, guard=step_guard, speed=step_speed, ops=step_ops
+)
+
+
+# ----------------------------------------------------------------------------
+# The result files.
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """Write results.json and results.md into `out`, each replaced whole (a reader never sees half a file)."""
+    for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", results_markdown(results))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    """A table cell: numbers formatted, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec) if isinstance(value, float | int) else str(value)
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The results as a markdown page: the machine, each step's status, the speed table, the op totals."""
+    env = results.get("environment", {})
+    lines = [
+        f"# GPU check, {env.get('date', '?')}",
+        "",
+        f"{env.get('gpu', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda', '?')}, "
+        f"Python {env.get('python', '?')}; command: `{env.get('command', '?')}`",
+        "",
+        "| step | status | seconds | figures |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for step, r in results.get("steps", {}).items():
+        figures = {k: v for k, v in r.items() if k not in ("status", "seconds")}
+        lines.append(f"| {step} | {r['status']} | {r['seconds']:.0f} | {json.dumps(figures) if figures else ''} |")
+    speed = results.get("speed")
+    if speed:
+        run = results.get("run", {})
+        lines += [
+            "",
+            f"## Training speed ({run.get('resolution')}x{run.get('resolution')}, --batch={run.get('batch')} "
+            f"--batch-gpu={run.get('batch_gpu')}, --kimg={run.get('kimg')} --tick={run.get('tick_kimg')}; "
+            f"ticks 0-1 are warm-up)",
+            "",
+            "Targets: ours/theirs s/kimg <= 0.5, steady memory ours/theirs <= 1, our start-up peak / steady <= 1.25.",
+            "",
+            "| cfg | ours s/kimg | theirs s/kimg | ours/theirs | ours steady GB | theirs steady GB | "
+            "ours start-up GB | theirs start-up GB | start-up/steady | targets met |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for cfg, row in speed.items():
+            ours, theirs = row.get("ours"), row.get("theirs")
+
+            def cell(result: dict | str | None, key: str) -> str:
+                return _fmt(result.get(key)) if isinstance(result, dict) else "-"
+
+            lines.append(
+                f"| {cfg} | {cell(ours, 'sec_per_kimg')} | {cell(theirs, 'sec_per_kimg')} | "
+                f"{_fmt(row.get('speed_ratio'))} | {cell(ours, 'steady_gb')} | {cell(theirs, 'steady_gb')} | "
+                f"{cell(ours, 'startup_gb')} | {cell(theirs, 'startup_gb')} | {_fmt(row.get('startup_over_steady'))} "
+                f"| {_fmt(row.get('targets_met'))} |"
+            )
+            notes = [f"{who}: {r}" for who, r in (("ours", ours), ("theirs", theirs)) if isinstance(r, str)]
+            notes += [f"{who}: {r['note']}" for who, r in (("ours", ours), ("theirs", theirs))
+                      if isinstance(r, dict) and "note" in r]  # fmt: skip
+            notes += [f"{who}: no steady tick (figures are the warm-up's)" for who, r in (("ours", ours), ("theirs",
+                      theirs)) if isinstance(r, dict) and r["steady_ticks"] == 0]  # fmt: skip
+            lines += [f"|  | {note} |  |  |  |  |  |  |  |  |" for note in notes]
+    ops = results.get("ops")
+    if ops:
+        lines += [
+            "",
+            f"## Ops at the shapes of a 256x256 StyleGAN3-T G and its D (batch {ops['batch']}, forward + backward)",
+            "",
+            "| op | x shape | dtype | calls | ref ms | cuda ms | speed-up | ref MB | cuda MB |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in ops["rows"]:
+            lines.append(
+                f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['calls']} | {r['ref_ms']:.3f} | {r['cuda_ms']:.3f} "
+                f"| {r['ref_ms'] / r['cuda_ms']:.2f}x | {r['ref_mb']:.1f} | {r['cuda_mb']:.1f} |"
+            )
+        lines.append(f"\nTotal per G+D pass: ref {ops['total_ref_ms']:.1f} ms, cuda {ops['total_cuda_ms']:.1f} ms.")
+    return "\n".join(lines) + "\n"
+
+
+def environment(command: str) -> dict[str, str]:
+    """The machine and versions the figures belong to."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU smoke test)"
+    return dict(
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        gpu=gpu,
+        torch=torch.__version__,
+        cuda=str(torch.version.cuda),
+        python=sys.version.split()[0],
+        cpus=str(os.cpu_count()),
+        command=command,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def parse_list(value: str, choices: list[str], option: str) -> list[str]:
+    """A comma-separated subset of `choices`, in the order of `choices`; refuses unknown names."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(choices))
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'} given; choose from {', '.join(choices)}",
+                                 param_hint=option)  # fmt: skip
+    return [c for c in choices if c in names]
+
+
+@click.command(context_settings=dict(max_content_width=120))
+@click.option("--out", metavar="DIR", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
+@click.option("--steps", metavar="LIST", default=",".join(STEPS), show_default=True, help="Steps to run.")
+@click.option("--cfgs", metavar="LIST", default=",".join(CFG_ORDER), show_default=True, help="Speed step: configs.")
+@click.option("--budget-min", metavar="MIN", type=click.FloatRange(min=1, max=600), default=8, show_default=True,
+              help="Time for everything; steps that would not fit are recorded as skipped.")  # fmt: skip
+@click.option("--resolution", metavar="INT", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Speed step: image resolution.")  # fmt: skip
+@click.option("--batch", metavar="INT", type=click.IntRange(min=1), default=32, show_default=True, help="Total batch.")
+@click.option("--batch-gpu", metavar="INT", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Batch per forward pass.")  # fmt: skip
+@click.option("--kimg", metavar="INT", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Speed step: training length (whole kimg: the published trainers take integers).")  # fmt: skip
+@click.option("--tick", metavar="INT", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Speed step: tick length in kimg; ticks 0-1 are warm-up.")  # fmt: skip
+@click.option("--cbase", metavar="INT", type=click.IntRange(min=1), default=32768, show_default=True,
+              help="Speed step: capacity multiplier.")  # fmt: skip
+@click.option("--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Speed step: max. feature maps.")  # fmt: skip
+@click.option("--gamma", metavar="FLOAT", type=click.FloatRange(min=0, max=1e6), default=2.0, show_default=True,
+              help="Speed step: R1 weight.")  # fmt: skip
+@click.option("--workers", metavar="INT", type=click.IntRange(min=1), default=3, show_default=True,
+              help="DataLoader workers, both trainers.")  # fmt: skip
+@click.option("--max-images", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Speed step: images in the synthetic dataset.")  # fmt: skip
+@click.option("--peer", metavar="DIR", type=click.Path(file_okay=False), default=".peer", show_default=True,
+              help="Where the published trainers are unpacked (absent: only ours run).")  # fmt: skip
+@click.option("--guard-cfg", metavar="NAME", type=click.Choice(list(PRESETS)), default="stylegan3-t",
+              show_default=True, help="Guard: configuration (stylegan3-t uses all three kernels).")  # fmt: skip
+@click.option("--guard-resolution", metavar="INT", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Guard: image resolution.")  # fmt: skip
+@click.option("--guard-kimg", metavar="KIMG", type=click.FloatRange(min=0.001, max=1), default=0.032,
+              show_default=True, help="Guard: training length (0.032 kimg = 4 steps of 8).")  # fmt: skip
+@click.option("--plan", is_flag=True, help="Print what would run and exit.")
+def main(out: str, steps: str, cfgs: str, budget_min: float, plan: bool, **opts: Any) -> None:
+    """Build, test and time everything GPU-only in one command; results go to OUT/results.md and .json."""
+    step_list = parse_list(steps, STEPS, "--steps")
+    cfg_list = parse_list(cfgs, CFG_ORDER, "--cfgs")
+    peer = (ROOT / opts.pop("peer")).resolve()
+    run = SpeedRun(
+        cfg=cfg_list[0], resolution=opts["resolution"], batch=opts["batch"], batch_gpu=opts["batch_gpu"],
+        gamma=opts["gamma"], kimg=opts["kimg"], tick_kimg=opts["tick"], cbase=opts["cbase"], cmax=opts["cmax"],
+        workers=opts["workers"],
+    )  # fmt: skip
+    if run.batch % run.batch_gpu:
+        raise click.BadParameter(f"{run.batch} is not a multiple of --batch-gpu={run.batch_gpu}", param_hint="--batch")
+    check = Check(
+        out=Path(out).resolve(), steps=step_list, cfgs=cfg_list, run=run, peer=peer, guard_cfg=opts["guard_cfg"],
+        guard_resolution=opts["guard_resolution"], guard_kimg=opts["guard_kimg"], max_images=opts["max_images"],
+        deadline=time.time() + budget_min * 60,
+    )  # fmt: skip
+    if plan:
+        print_plan(check)
+        return
+    check.out.mkdir(parents=True, exist_ok=True)
+    check.work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    command = "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:])
+    check.results.update(environment=environment(command), run=dataclasses.asdict(run))
+    if "speed" in step_list and torch.cuda.is_available():
+        check.peer_builds = start_peer_op_builds(check)  # In parallel with our kernel build (16 cores there).
+    with open(check.out / "log.txt", "w") as check.log:
+        for step in step_list:
+            if check.seconds_left() < MIN_STEP_SEC:
+                check.record(step, "skipped: out of time", 0)
+                continue
+            try:
+                STEP_FUNCTIONS[step](check)
+            except Exception as err:  # noqa: BLE001 - one broken step must not lose the others' figures
+                check.log.write(f"\n===== {step} raised {type(err).__name__}: {err}\n")
+                check.record(step, f"error: {type(err).__name__}: {err}", 0)
+    for proc in check.peer_builds:
+        wait_or_kill(proc, 0)
+    shutil.rmtree(check.work, ignore_errors=True)
+    print(results_markdown(check.results))
+    print(f"Results in {check.out}")
+
+
+def print_plan(check: Check) -> None:
+    """What the check would run, with the published trainers found or not."""
+    print(f"Budget: {(check.deadline - time.time()) / 60:.1f} min; steps: {', '.join(check.steps)}")
+    print(f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU smoke test)'}")
+    if "speed" in check.steps:
+        for cfg in check.cfgs:
+            run = dataclasses.replace(check.run, cfg=cfg)
+            folder = peer_dir(check, cfg)
+            print(f"speed {cfg}: ours: train.py {' '.join(run.train_args(Path('DATA.zip'), Path('OUTDIR')))}")
+            print(f"speed {cfg}: theirs: " + (f"{folder}/train.py (same options)" if folder else "absent"))
+    print(f"Results would go to {check.out}")
+
+
+if __name__ == "__main__":
+    main()

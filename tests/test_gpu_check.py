@@ -1,0 +1,158 @@
+"""Tests for the CPU-runnable parts of the prepared GPU check (benchmarks/gpu_check.py): option handling, the
+warm-up and ratio arithmetic, the result files, and the path where the published trainers are absent."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmarks import gpu_check
+from benchmarks.train_speed import SpeedRun, summarize
+
+
+def _tick(sec_per_kimg: float, peak_gb: float) -> dict:
+    """One stats.jsonl line with the two figures the speed step reads."""
+    return {
+        "Timing/sec_per_kimg": {"num": 1, "mean": sec_per_kimg, "std": 0.0},
+        "Resources/peak_gpu_mem_gb": {"num": 1, "mean": peak_gb, "std": 0.0},
+        "timestamp": 0.0,
+    }
+
+
+def test_summarize_leaves_out_the_warm_up_ticks():
+    r = summarize([_tick(3000, 9.0), _tick(40, 6.0), _tick(10, 4.0), _tick(12, 4.5)])
+    assert r.sec_per_kimg == pytest.approx(11.0)
+    assert (r.steady_gb, r.startup_gb, r.steady_ticks) == (4.5, 9.0, 2)
+
+
+def test_summarize_without_a_steady_tick_says_so():
+    r = summarize([_tick(3000, 9.0), _tick(40, 6.0)])
+    assert (r.sec_per_kimg, r.steady_gb, r.steady_ticks) == (40, 6.0, 0)
+    with pytest.raises(ValueError, match="no tick"):
+        summarize([])
+
+
+def test_ratios_hold_each_figure_to_its_target():
+    ours = dict(sec_per_kimg=10.0, steady_gb=4.0, startup_gb=4.4, steady_ticks=1)
+    theirs = dict(sec_per_kimg=25.0, steady_gb=5.0, startup_gb=30.0, steady_ticks=1)
+    r = gpu_check.ratios(ours, theirs)
+    assert r["speed_ratio"] == pytest.approx(0.4)
+    assert r["memory_ratio"] == pytest.approx(0.8)
+    assert r["startup_over_steady"] == pytest.approx(1.1)
+    assert r["targets_met"] is True
+    assert gpu_check.ratios(dict(ours, startup_gb=6.0), theirs)["targets_met"] is False  # 1.5x start-up peak
+    assert gpu_check.ratios(dict(ours, sec_per_kimg=13.0), theirs)["targets_met"] is False  # 0.52x
+    assert gpu_check.ratios(dict(ours, steady_gb=5.5, startup_gb=5.5), theirs)["targets_met"] is False  # memory
+    assert gpu_check.ratios(ours, "absent: ...") == dict(startup_over_steady=pytest.approx(1.1))
+    assert gpu_check.ratios("failed", theirs) == {}
+
+
+def test_compare_training_measures_the_update_difference():
+    gen = torch.Generator().manual_seed(0)
+    start = {k: torch.randn(shape, generator=gen, dtype=torch.float64) for k, shape in (("a", [3, 4]), ("b", [5]))}
+    a = {k: v + 0.01 * torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in start.items()}
+    same = gpu_check.compare_training(a, {k: v.clone() for k, v in a.items()}, start)
+    assert same["relative_update_diff"] == 0 and same["max_abs_diff"] == 0
+
+    delta = torch.zeros(5, dtype=torch.float64)
+    delta[2] = 3e-4
+    b = dict(a, b=a["b"] + delta)
+    update = math.sqrt(sum(float((a[k] - start[k]).square().sum()) for k in a))
+    r = gpu_check.compare_training(a, b, start)
+    assert r["relative_update_diff"] == pytest.approx(3e-4 / update)
+    assert r["max_abs_diff"] == pytest.approx(3e-4)
+    assert r["update_norm"] == pytest.approx(update)
+
+
+def test_junit_counts_sum_every_suite(tmp_path):
+    path = tmp_path / "report.xml"
+    path.write_text(
+        '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="2"/>'
+        '<testsuite tests="3" failures="0" errors="1" skipped="0"/></testsuites>'
+    )
+    assert gpu_check.junit_counts(path) == dict(tests=8, failures=1, errors=1, skipped=2)
+
+
+def test_the_gpu_tests_are_found():
+    names = [p.name for p in gpu_check.cuda_test_files()]
+    assert "test_ops_cuda.py" in names and "test_gpu_check.py" not in names
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--steps=kernels,bogus"], ["--steps", "bogus", "choose from"]),
+        (["--cfgs=stylegan4"], ["--cfgs", "stylegan4", "stylegan3-t"]),
+        (["--cfgs=,"], ["--cfgs", "nothing"]),
+        (["--batch=30", "--batch-gpu=16"], ["--batch", "multiple of --batch-gpu=16"]),
+        (["--budget-min=0"], ["--budget-min"]),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(tmp_path, args, words):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(gpu_check.main, [f"--out={out}", *args])
+    assert result.exit_code == 2, result.output
+    for word in words:
+        assert word in result.output
+    assert not out.exists()
+
+
+def test_plan_names_what_runs_and_the_absent_peer(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(gpu_check.main, [f"--out={out}", "--plan", f"--peer={tmp_path / 'none'}"])
+    assert result.exit_code == 0, result.output
+    assert "speed creps: theirs: absent" in result.output
+    assert "--cfg=stylegan3-r" in result.output and "--batch=32 --batch-gpu=16" in result.output
+    assert not out.exists()
+
+
+def test_speed_step_writes_the_table_with_and_without_the_peer(tmp_path, monkeypatch):
+    """Trainers replaced by writers of known stats: ours 10 s/kimg, theirs 25 s/kimg; CREPS's peer is absent."""
+    peer = tmp_path / "peer"
+    (peer / "stylegan3").mkdir(parents=True)
+    (peer / "stylegan3" / "train.py").write_text("")
+    commands = []
+
+    def fake_run(check, title, cmd, cwd=None, env=None, limit_sec=600):
+        commands.append((title, cmd, cwd, env))
+        outdir = Path(next(a for a in cmd if a.startswith("--outdir="))[len("--outdir=") :])
+        theirs = cwd == peer / "stylegan3"
+        ticks = [_tick(900, 12.0), _tick(40, 9.0)] + [_tick(25, 8.0) if theirs else _tick(10, 6.0)] * 2
+        (outdir / "00000-run").mkdir(parents=True)
+        (outdir / "00000-run" / "stats.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ticks))
+        return gpu_check.Outcome(0, 1.0)
+
+    monkeypatch.setattr(gpu_check, "run_logged", fake_run)
+    monkeypatch.setattr(gpu_check, "make_dataset", lambda folder, resolution, count: folder / "data.zip")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    args = [f"--out={out}", "--steps=kernels,speed,ops", "--cfgs=creps,stylegan2", f"--peer={peer}"]
+    result = CliRunner().invoke(gpu_check.main, args)
+    assert result.exit_code == 0, result.output
+
+    # Ours from the repository with the kernels on, theirs from their folder with their own PYTHONPATH.
+    assert [t for t, *_ in commands] == ["ours stylegan2", "theirs stylegan2", "ours creps"]
+    (_, ours_cmd, _, ours_env), (_, their_cmd, _, their_env) = commands[:2]
+    assert ours_env["GANFORGE_CUDA_OPS"] == "1" and their_env["PYTHONPATH"] == str(peer / "stylegan3")
+    expected = SpeedRun(cfg="stylegan2", gamma=2.0).train_args(Path("DATA"), Path("OUT"))
+    assert "--batch=32" in expected and "--batch-gpu=16" in expected and "--kimg=2" in expected
+    for cmd in (ours_cmd, their_cmd):  # The same options, bar the folders.
+        assert [a for a in cmd if not a.startswith(("--outdir=", "--data="))][2:] == expected[1:2] + expected[3:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"]["kernels"]["status"] == "skipped: no CUDA GPU"
+    assert results["steps"]["ops"]["status"] == "skipped: no CUDA GPU"
+    assert results["steps"]["speed"]["status"] == "done"
+    row = results["speed"]["stylegan2"]
+    assert row["speed_ratio"] == pytest.approx(0.4) and row["memory_ratio"] == pytest.approx(0.75)
+    assert row["startup_over_steady"] == pytest.approx(2.0) and row["targets_met"] is False
+    assert results["speed"]["creps"]["theirs"].startswith(f"absent: no {peer / 'creps'}/train.py")
+    assert "speed_ratio" not in results["speed"]["creps"]
+
+    page = (out / "results.md").read_text()
+    assert "| stylegan2 | 10.00 | 25.00 | 0.40 | 6.00 | 8.00 | 12.00 | 12.00 | 2.00 | no |" in page
+    assert "| creps | 10.00 | - | - |" in page and "theirs: absent" in page
+    assert "no GPU (CPU smoke test)" in page
