@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from benchmarks.train_speed import ROOT, SpeedRun, make_dataset, read_ticks, summarize
+from dnnlib.util import FiniteFloatRange
 from torch_utils import custom_ops
 from training.checkpoint import load_snapshot
 from training.config import PRESETS, TrainingConfig
@@ -533,7 +534,7 @@ def parse_list(value: str, choices: list[str], option: str) -> list[str]:
 @click.option("--out", metavar="DIR", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
 @click.option("--steps", metavar="LIST", default=",".join(STEPS), show_default=True, help="Steps to run.")
 @click.option("--cfgs", metavar="LIST", default=",".join(CFG_ORDER), show_default=True, help="Speed step: configs.")
-@click.option("--budget-min", metavar="MIN", type=click.FloatRange(min=1, max=600), default=8, show_default=True,
+@click.option("--budget-min", metavar="MIN", type=FiniteFloatRange(min=1, max=600), default=8, show_default=True,
               help="Time for everything; steps that would not fit are recorded as skipped.")  # fmt: skip
 @click.option("--resolution", metavar="INT", type=click.IntRange(min=8), default=256, show_default=True,
               help="Speed step: image resolution.")  # fmt: skip
@@ -548,7 +549,7 @@ def parse_list(value: str, choices: list[str], option: str) -> list[str]:
               help="Speed step: capacity multiplier.")  # fmt: skip
 @click.option("--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True,
               help="Speed step: max. feature maps.")  # fmt: skip
-@click.option("--gamma", metavar="FLOAT", type=click.FloatRange(min=0, max=1e6), default=2.0, show_default=True,
+@click.option("--gamma", metavar="FLOAT", type=FiniteFloatRange(min=0, max=1e6), default=2.0, show_default=True,
               help="Speed step: R1 weight.")  # fmt: skip
 @click.option("--workers", metavar="INT", type=click.IntRange(min=1), default=3, show_default=True,
               help="DataLoader workers, both trainers.")  # fmt: skip
@@ -560,7 +561,7 @@ def parse_list(value: str, choices: list[str], option: str) -> list[str]:
               show_default=True, help="Guard: configuration (stylegan3-t uses all three kernels).")  # fmt: skip
 @click.option("--guard-resolution", metavar="INT", type=click.IntRange(min=8), default=64, show_default=True,
               help="Guard: image resolution.")  # fmt: skip
-@click.option("--guard-kimg", metavar="KIMG", type=click.FloatRange(min=0.001, max=1), default=0.032,
+@click.option("--guard-kimg", metavar="KIMG", type=FiniteFloatRange(min=0.001, max=1), default=0.032,
               show_default=True, help="Guard: training length (0.032 kimg = 4 steps of 8).")  # fmt: skip
 @click.option("--plan", is_flag=True, help="Print what would run and exit.")
 def main(out: str, steps: str, cfgs: str, budget_min: float, plan: bool, **opts: Any) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 import torch
 
+from dnnlib.util import FiniteFloatRange
 from training.config import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def train(data: Path, outdir: Path, run: SpeedRun, kernels: bool) -> SpeedResult
     help="Batch size per forward pass.",
 )
 @click.option(
-    "--gamma", metavar="FLOAT", type=click.FloatRange(min=0), default=1.0, show_default=True, help="R1 weight."
+    "--gamma", metavar="FLOAT", type=FiniteFloatRange(min=0), default=1.0, show_default=True, help="R1 weight."
 )
 @click.option(
     "--ticks",
@@ -157,7 +158,7 @@ def train(data: Path, outdir: Path, run: SpeedRun, kernels: bool) -> SpeedResult
 @click.option(
     "--tick-kimg",
     metavar="KIMG",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="Tick length.",

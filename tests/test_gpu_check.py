@@ -89,6 +89,7 @@ def test_the_gpu_tests_are_found():
         (["--cfgs=,"], ["--cfgs", "nothing"]),
         (["--batch=30", "--batch-gpu=16"], ["--batch", "multiple of --batch-gpu=16"]),
         (["--budget-min=0"], ["--budget-min"]),
+        (["--gamma=nan"], ["--gamma", "not a finite number"]),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(tmp_path, args, words):

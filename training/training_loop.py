@@ -283,10 +283,12 @@ def reduce_gradients(module: torch.nn.Module, network: str) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
-    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)  # [P]
-    if distributed.is_distributed():
+    reached = [p.grad is not None for p in params]
+    if distributed.is_distributed():  # Agree across ranks (one process needs no device round trip, so no sync).
+        has_grad = torch.tensor(reached, dtype=torch.float32, device=params[0].device)  # [P]
         torch.distributed.all_reduce(has_grad)
-    params = [p for p, reached in zip(params, has_grad.tolist(), strict=True) if reached > 0]
+        reached = [count > 0 for count in has_grad.tolist()]
+    params = [p for p, r in zip(params, reached, strict=True) if r]
     if not params:
         training_stats.report(f"Progress/nonfinite_grads/{network}", 0)
         return
