@@ -61,7 +61,7 @@ PNG_FILTER_NONE, PNG_FILTER_AVERAGE = 0, 3  # PNG row filter types.
 EXIF_ORIENTATION = 0x0112  # EXIF tag of the rotation and mirroring that viewers apply.
 MAX_SKIPPED_SHOWN = 5  # Unreadable files named in the final summary; each one is also reported as it is met.
 # Largest source image file read; a bigger one (or a zip member whose header claims more) is refused unread.
-# 256 MiB holds a 40-megapixel 16-bit RGBA TIFF; photos and dataset images are a small fraction of it.
+# 256 MiB holds a 30-megapixel 16-bit RGBA TIFF; photos and dataset images are a small fraction of it.
 MAX_SOURCE_IMAGE_BYTES = 256 << 20
 # PNG compression of the output images; the measurements behind the choice are in docs/datasets.md.
 DEFAULT_COMPRESS_LEVEL = 1
@@ -797,7 +797,7 @@ def encode_png_fast(pixels: np.ndarray, compress_level: int) -> bytes:
     Level 0 stores the rows unfiltered and uncompressed. Level 1 filters every row with PNG's Average filter
     (each byte minus the mean of its left and upper neighbours) and deflates it as runs (zlib's Z_RLE strategy).
     On photographs that is both faster and smaller than Pillow's encoder at level 1, which tries five filters
-    per row: 2.3 ms and 98 KiB against 7.3 ms and 116 KiB per 256x256 RGB image (docs/datasets.md).
+    per row: 2.3 ms and 98 KiB against 7.0 ms and 116 KiB per 256x256 RGB image (docs/performance.md).
     """
     height, width = pixels.shape[:2]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
