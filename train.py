@@ -16,7 +16,7 @@ import dnnlib
 import metrics
 from dnnlib.util import FiniteFloatRange
 from torch_utils import distributed
-from training import checkpoint, training_loop
+from training import checkpoint, preemption, training_loop
 from training.config import FIXED_WHEN_CONTINUING, PRESETS, ConfigError, TrainingConfig, validate
 from training.dataset import DatasetError, ImageFolderDataset
 
@@ -79,6 +79,9 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         total_kimg=opts.kimg,
         tick_kimg=opts.tick,
         snap_ticks=opts.snap,
+        state_min=opts.state_min,
+        state_kimg=opts.state_kimg,
+        timeout_min=opts.timeout_min,
         seed=opts.seed,
         cudnn_benchmark=not opts.nobench,
         metrics=parse_metrics(opts.metrics),
@@ -90,7 +93,7 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         # Fine-tuning from a snapshot's weights (the published recipe): ADA reacts 5x faster, the EMA half-life
         # does not ramp up, and StyleGAN3-R's blur starts off.
         c = dataclasses.replace(c, ada_kimg=100, ema_rampup=None, blur_init_sigma=0.0)
-    dataset_info = inspect_dataset(c.data)
+    dataset_info = inspect_dataset(c.data, use_labels=c.cond)
     try:
         validate(c, dataset_info)
     except ConfigError as error:
@@ -138,10 +141,13 @@ def parse_metrics(metrics: str) -> list[str]:
     return [] if names in ([], ["none"]) else names
 
 
-def inspect_dataset(path: str) -> dict:
-    """Open the dataset as training will, for the checks in `validate`; unreadable data is a ClickException."""
+def inspect_dataset(path: str, use_labels: bool) -> dict:
+    """Open the dataset as training will, for the checks in `validate`; unreadable data is a ClickException.
+
+    Labels are read only for a conditional run, so a damaged dataset.json cannot stop an unconditional one.
+    """
     try:
-        with ImageFolderDataset(path, use_labels=True) as dataset:
+        with ImageFolderDataset(path, use_labels=use_labels) as dataset:
             return dict(
                 resolution=dataset.resolution, num_channels=dataset.num_channels, label_dim=dataset.label_dim,
                 has_labels=dataset.has_labels, num_images=len(dataset),
@@ -172,9 +178,14 @@ def resolve_resume(c: TrainingConfig) -> TrainingConfig:
     or URL always starts a new run from its weights, as in the published tools (kimg 0, fine-tuning settings)."""
     if c.resume is None:
         return c
-    if c.resume == "latest" or os.path.isdir(c.resume):
-        run_dir = latest_run_dir(c.outdir) if c.resume == "latest" else c.resume
+    if c.resume == "latest":
+        run_dir = latest_run_dir(c.outdir)
+        if run_dir is None:  # One command for the first start and every restart (a requeued job, say).
+            distributed.print0(f"--resume=latest: no run under {c.outdir} has a training state yet; starting one.")
+            return c
         return continue_in_place(c, run_dir)
+    if os.path.isdir(c.resume):
+        return continue_in_place(c, c.resume)
     state = checkpoint.state_next_to_snapshot(c.resume)
     if state is not None:
         run_dir = os.path.dirname(os.path.abspath(state))
@@ -198,15 +209,13 @@ def changed_options(c: TrainingConfig, run_dir: str) -> str:
     return ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(c, name)!r}" for name in changed)
 
 
-def latest_run_dir(outdir: str) -> str:
-    """The highest-numbered run directory under `outdir` that has a training state."""
+def latest_run_dir(outdir: str) -> str | None:
+    """The highest-numbered run directory under `outdir` that has a training state; None if there is none."""
     runs = sorted(
         glob.glob(os.path.join(outdir, "[0-9]*-*")), key=lambda p: int(re.match(r"\d+", os.path.basename(p))[0])
     )
     runs = [run for run in runs if checkpoint.list_states(run)]
-    if not runs:
-        raise click.ClickException(f"--resume=latest: no run directory under --outdir={outdir} has a training state")
-    return runs[-1]
+    return runs[-1] if runs else None
 
 
 def continue_in_place(c: TrainingConfig, run_dir: str) -> TrainingConfig:
@@ -281,19 +290,22 @@ def print_config(c: TrainingConfig) -> None:
 def launch(c: TrainingConfig) -> None:
     """Start the training processes: --gpus local processes, or this one under torchrun."""
     try:
-        distributed.launch(train_process, (c,), num_processes=c.gpus)
+        distributed.launch(train_process, (c,), num_processes=c.gpus, timeout_sec=c.timeout_min * 60)
     except torch.multiprocessing.ProcessExitedException as error:  # A spawned process printed why, then exited.
+        if error.exit_code in {preemption.exit_status(s) for s in preemption.STOP_SIGNALS}:
+            sys.exit(error.exit_code)  # Stopped by a signal after saving; rank 0 said so.
         how = f"was killed by {error.signal_name}" if error.signal_name else f"stopped with exit code {error.exit_code}"
         raise click.ClickException(f"training process {error.error_index} {how}; see its message above") from None
 
 
 def train_process(c: TrainingConfig) -> None:
-    """Body of every training process: a failed write (disk full, folder no longer writable) ends the process
-    with the sentence that names the file, not a traceback."""
+    """Body of every training process: a failed write (disk full, folder no longer writable), divergence or a rank
+    that stopped answering ends the process with the sentence that says what happened, not a traceback."""
     try:
         training_loop.run(c)
-    except checkpoint.WriteError as error:
-        click.echo(f"Error: {error}", err=True)
+    except (checkpoint.WriteError, DatasetError, training_loop.TrainingStopped, distributed.RankTimeout) as error:
+        if distributed.is_main() or isinstance(error, distributed.RankTimeout):  # The others would say the same.
+            click.echo(f"Error: {error}", err=True)
         sys.exit(1)
 
 
@@ -325,7 +337,8 @@ def train_process(c: TrainingConfig) -> None:
 @click.option(
     "--resume",
     metavar="[PKL|URL|DIR|latest]",
-    help="New run from a snapshot's weights (PKL, URL), or continue a run exactly (DIR, latest).",
+    help="New run from a snapshot's weights (PKL, URL), or continue a run exactly (DIR; latest: the newest run, or "
+    "a new one if none has a state yet).",
 )
 @click.option(
     "--freezed",
@@ -414,6 +427,30 @@ def train_process(c: TrainingConfig) -> None:
     default=50,
     show_default=True,
     help="How often to save snapshots.",
+)
+@click.option(
+    "--state-min",
+    metavar="MIN",
+    type=FiniteFloatRange(min=0),
+    default=10,
+    show_default=True,
+    help="Also save a training state every this many minutes (0: only with snapshots).",
+)
+@click.option(
+    "--state-kimg",
+    metavar="KIMG",
+    type=FiniteFloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also save a training state every this many kimg (0: off).",
+)
+@click.option(
+    "--timeout-min",
+    metavar="MIN",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=10,
+    show_default=True,
+    help="How long processes wait for each other before stopping.",
 )
 @click.option("--seed", metavar="INT", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @click.option("--fp32", metavar="BOOL", type=bool, default=False, show_default=True, help="Disable mixed-precision.")

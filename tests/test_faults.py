@@ -187,7 +187,7 @@ def test_disk_full_while_saving_a_state_is_a_sentence_and_leaves_nothing(tmp_pat
 
 
 def test_a_spawned_process_that_stopped_is_one_line(monkeypatch):
-    def stopped(fn, args, num_processes):
+    def stopped(fn, args, num_processes, timeout_sec):
         raise torch.multiprocessing.ProcessExitedException("process 1 terminated", 1, 4242, 1)
 
     monkeypatch.setattr(train.distributed, "launch", stopped)
@@ -341,3 +341,17 @@ def test_a_resumed_run_logs_every_tick_once_and_removes_stale_temporaries(tmp_pa
     lines = [json.loads(line) for line in (run_dir / "stats.jsonl").open()]
     assert [line["Progress/tick"]["mean"] for line in lines] == [0, 1, 2, 3, 4]
     assert not stale.exists() and not list(run_dir.glob(".tmp-*"))
+
+
+def test_a_malformed_dataset_json_stops_only_conditional_training(tmp_path, data):
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(data) as source, zipfile.ZipFile(broken, "w") as archive:
+        for name in source.namelist():
+            archive.writestr(name, source.read(name) if name != "dataset.json" else b"{not json")
+    common = [f"--outdir={tmp_path / 'runs'}", f"--data={broken}", "--cfg=stylegan2", "--gpus=1", "--batch=4"]
+    common += ["--gamma=1", "--metrics=none", "--dry-run"]
+    result = CliRunner().invoke(train.main, common)
+    assert result.exit_code == 0, result.output  # Labels are not read without --cond.
+    result = CliRunner().invoke(train.main, [*common, "--cond=1"])
+    assert result.exit_code != 0 and "dataset.json" in result.output
+    assert not (tmp_path / "runs").exists()

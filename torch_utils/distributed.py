@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+DEFAULT_TIMEOUT_SEC = 600.0  # How long a collective waits for a rank that stopped answering.
+_TIMED_OUT_KEY = "ganforge/timed-out/"  # + rank: set in the rendezvous store by a rank whose collective timed out.
 
-def init(backend: str | None = None) -> None:
+
+class _Job:
+    """What `init` set up beyond the process group: the control group, the store and the timeout."""
+
+    control_group: Any = None  # A gloo group: agreeing on flags costs no GPU synchronization.
+    store: Any = None  # A client of the rendezvous store, where timed-out ranks say so.
+    timeout_sec: float = DEFAULT_TIMEOUT_SEC
+
+
+class RankTimeout(RuntimeError):
+    """A collective waited longer than the timeout: some rank stopped answering (the message names it)."""
+
+
+def init(backend: str | None = None, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -> None:
     """Join the process group described by the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
     torchrun sets these variables for every process; the `--gpus=N` launcher sets them the same way. With no
     WORLD_SIZE, or WORLD_SIZE=1, this does nothing and the helpers below report rank 0 of 1.
 
     Args:
-        backend: 'nccl' or 'gloo'; None picks NCCL when CUDA is available and gloo otherwise.
+        backend:     'nccl' or 'gloo'; None picks NCCL when CUDA is available and gloo otherwise.
+        timeout_sec: How long any collective may wait for the other ranks before it fails (both backends).
     """
     if torch.distributed.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
@@ -26,11 +45,81 @@ def init(backend: str | None = None) -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(get_local_rank())
-    torch.distributed.init_process_group(backend=backend, init_method="env://")
+    timeout = datetime.timedelta(seconds=timeout_sec)
+    torch.distributed.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    _Job.timeout_sec = timeout_sec
+    _Job.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+    # Short store timeout: if the store's host (rank 0) is the rank that stopped, naming it must not take as long.
+    _Job.store = torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=datetime.timedelta(seconds=min(timeout_sec, 30)),
+    )  # fmt: skip
+
+
+def agree(flags: list[bool]) -> list[bool]:
+    """Each flag OR-ed over all ranks, on the CPU (no GPU synchronization); unchanged with one process.
+
+    A flag only rank 0 decides (a wall-clock interval, say) is passed as False on the other ranks.
+    """
+    if not is_distributed():
+        return flags
+    values = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+    with naming_stalled_ranks("for the others to agree on the step's flags"):
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX, group=_Job.control_group)
+    return [bool(v) for v in values.tolist()]
+
+
+def stalled_ranks(wait_sec: float = 3.0) -> list[int]:
+    """After this rank's collective timed out: the ranks that did not time out too within `wait_sec`.
+
+    Every rank still running waits in a collective for the one that stopped, so all of them time out at about
+    the same moment and say so in the rendezvous store; the ranks that never do are the ones that stopped.
+    """
+    if _Job.store is None:
+        return []
+    _Job.store.set(f"{_TIMED_OUT_KEY}{get_rank()}", "1")
+    deadline = time.monotonic() + wait_sec
+    while True:
+        missing = [r for r in range(get_world_size()) if not _Job.store.check([f"{_TIMED_OUT_KEY}{r}"])]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def naming_stalled_ranks(what: str) -> Iterator[None]:
+    """Around code that runs collectives (the training loop): a collective that timed out becomes a RankTimeout
+    naming the ranks that stopped answering. A no-op with one process."""
+    if not is_distributed():
+        yield
+        return
+    start = time.monotonic()
+    try:
+        yield
+    except RuntimeError as error:  # Gloo's and NCCL's timeouts (DistBackendError) are RuntimeErrors.
+        text = str(error).lower()
+        if isinstance(error, RankTimeout) or ("timed out" not in text and "timeout" not in text):
+            raise
+        raise RankTimeout(describe_timeout(what, min(time.monotonic() - start, _Job.timeout_sec))) from error
+
+
+def describe_timeout(what: str, waited_sec: float) -> str:
+    """The sentence for a collective that gave up: who stopped answering, and what to do."""
+    try:
+        who = " and ".join(f"rank {r}" for r in stalled_ranks())
+    except Exception:  # noqa: BLE001 - no answer from the store: its host, rank 0, is the likely one.
+        who = "another rank (likely rank 0, whose rendezvous store did not answer)"
+    return (
+        f"rank {get_rank()} waited {waited_sec:.0f} s {what}: "
+        f"{who or 'another rank'} stopped answering (hung, stopped or dead; see its log). The run's newest "
+        f"training state is intact: continue with --resume=<run dir> once every machine is healthy. "
+        f"--timeout-min sets how long ranks wait for each other."
+    )
 
 
 def shutdown() -> None:
     """Leave the process group, if this process joined one."""
+    _Job.control_group = _Job.store = None
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
@@ -89,26 +178,46 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def launch(fn: Callable[..., Any], args: tuple, num_processes: int) -> None:
+def launch(fn: Callable[..., Any], args: tuple, num_processes: int, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -> None:
     """Run `fn(*args)` in every process of the job, with the process group joined.
 
     Under torchrun this process is one member and runs `fn` itself. Otherwise `num_processes` > 1 spawns that
-    many local processes (ranks 0..N-1, one per GPU, or CPU processes on gloo when there is no GPU).
+    many local processes (ranks 0..N-1, one per GPU, or CPU processes on gloo when there is no GPU); SIGTERM and
+    SIGINT sent to this launcher are passed on to them, so `kill` of the one process a user sees reaches all.
     """
     if under_torchrun() or num_processes == 1:
-        init()
+        init(timeout_sec=timeout_sec)
         try:
             fn(*args)
         finally:
             shutdown()
         return
     port = _free_port()
-    torch.multiprocessing.start_processes(
-        _spawned_worker, args=(fn, args, num_processes, port), nprocs=num_processes, start_method="spawn"
+    context = torch.multiprocessing.start_processes(
+        _spawned_worker,
+        args=(fn, args, num_processes, port, timeout_sec),
+        nprocs=num_processes,
+        start_method="spawn",
+        join=False,
     )
 
+    def forward(signum: int, frame: Any) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
 
-def _spawned_worker(local_rank: int, fn: Callable[..., Any], args: tuple, num_processes: int, port: int) -> None:
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _spawned_worker(
+    local_rank: int, fn: Callable[..., Any], args: tuple, num_processes: int, port: int, timeout_sec: float
+) -> None:
     """Body of a process started by `launch`: describe the job in the environment as torchrun would, then run."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -118,7 +227,7 @@ def _spawned_worker(local_rank: int, fn: Callable[..., Any], args: tuple, num_pr
         WORLD_SIZE=str(num_processes),
         LOCAL_WORLD_SIZE=str(num_processes),
     )
-    init()
+    init(timeout_sec=timeout_sec)
     try:
         fn(*args)
     finally:

@@ -148,6 +148,9 @@ class TrainingConfig:
     total_kimg: float = 25000  # Training length, in thousands of real images shown to D.
     tick_kimg: float = 4  # Progress report interval, in kimg.
     snap_ticks: int = 50  # Snapshot interval, in ticks.
+    state_min: float = 10.0  # Also write a training state every this many minutes of training; 0: only snapshots'.
+    state_kimg: float = 0.0  # Also write a training state every this many kimg; 0: only by state_min and snapshots.
+    timeout_min: float = 10.0  # How long ranks wait for each other in a collective before the run stops.
     seed: int = 0  # Random seed of initialization, data order and every sampled latent.
     cudnn_benchmark: bool = True  # Let cuDNN pick the fastest convolution algorithms.
     metrics: list[str] = dataclasses.field(default_factory=list)  # Metrics evaluated at every snapshot; [] none.

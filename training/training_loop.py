@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import os
 import re
 import time
@@ -20,7 +21,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed, misc, training_stats
-from training import checkpoint
+from training import checkpoint, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
 from training.dataset import ImageFolderDataset
@@ -343,8 +344,20 @@ def run_phase(
 # The loop.
 
 
+class TrainingStopped(Exception):
+    """Training cannot usefully go on (it diverged); the message says what happened and how to go on."""
+
+
+NONFINITE_LOSS_TICKS = 2  # Stop when G's or D's mean loss is non-finite in this many consecutive ticks.
+
+
 def training_loop(c: TrainingConfig) -> None:
-    """Train per `c` on this process's share of each batch; rank 0 writes everything under `c.run_dir`."""
+    """Train per `c` on this process's share of each batch; rank 0 writes everything under `c.run_dir`.
+
+    Raises:
+        TrainingStopped: The weights or losses stopped being finite (see `Health`).
+        SystemExit: A stop signal arrived; a training state was written first (see training.preemption).
+    """
     start_time = time.time()
     device = select_device()
     torch.backends.cudnn.benchmark = c.cudnn_benchmark
@@ -364,54 +377,180 @@ def training_loop(c: TrainingConfig) -> None:
         broadcast_module(module)
 
     log = RunLog(c.run_dir) if distributed.is_main() else None
-    grid = SnapshotGrid(c, dataset, device)
-    metric_runner = MetricRunner(c.metrics, training_set_kwargs(c), c.run_dir, device, c.detector_dir, c.workers, log)
-    if not continuing:
-        print_summaries(G, D, c, dataset, device)
-        grid.save_reals()
-        grid.save_fakes(G_ema, "fakes_init.png")
-    distributed.print0(f"Training for {c.total_kimg:g} kimg from {t.progress.cur_nimg / 1000:g} kimg...")
+    try:
+        grid = SnapshotGrid(c, dataset, device)
+        metric_runner = MetricRunner(
+            c.metrics, training_set_kwargs(c), c.run_dir, device, c.detector_dir, c.workers, log
+        )
+        if not continuing:
+            print_summaries(G, D, c, dataset, device)
+            grid.save_reals()
+            grid.save_fakes(G_ema, "fakes_init.png")
+        distributed.print0(f"Training for {c.total_kimg:g} kimg from {t.progress.cur_nimg / 1000:g} kimg...")
 
-    data = make_data_iterator(c, dataset, t.progress.cur_nimg, device)
-    collector = training_stats.Collector(regex=".*")
-    tick_start_time = time.time()
-    maintenance_sec = tick_start_time - start_time
-    while True:
-        reals = [next(data) for _ in range(c.rounds)]
-        for phase_index, runner in enumerate(t.phases):
-            if t.progress.step % runner.interval == 0:
-                run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, t.progress)
-        if ada is not None and t.progress.step % ada.interval == 0:
-            ada.update(loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
-        t.ema.update(G, t.progress.cur_nimg, c.batch_size)
-        t.progress.cur_nimg += c.batch_size
-        t.progress.step += 1
-
-        done = t.progress.cur_nimg >= c.total_kimg * 1000
-        tick_end_nimg = t.progress.tick_start_nimg + c.tick_kimg * 1000
-        if not done and t.progress.cur_tick != 0 and t.progress.cur_nimg < tick_end_nimg:
-            continue
-
-        # End of a tick: report, then snapshot every snap_ticks ticks and at the end.
-        tick_end_time = time.time()
-        report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device)
-        collector.update()
-        if log is not None:
-            log.write_stats(collector.as_dict(), t.progress.cur_nimg / 1000)
-        t.progress.cur_tick += 1
-        t.progress.tick_start_nimg = t.progress.cur_nimg
-        if done or (t.progress.cur_tick - 1) % c.snap_ticks == 0:
-            loss.gather_pending()
-            snapshot_pkl = save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
-            metric_runner.evaluate(t.ema.module, snapshot_pkl, t.progress.cur_nimg / 1000)
+        data = make_data_iterator(c, dataset, t.progress.cur_nimg, device)
+        collector = training_stats.Collector(regex=".*")
+        states = StateSchedule(c, t.progress.cur_nimg)
+        health = Health(c.run_dir)
         tick_start_time = time.time()
-        maintenance_sec = tick_start_time - tick_end_time
-        if done:
-            break
+        maintenance_sec = tick_start_time - start_time
+        with preemption.StopRequest() as stop, distributed.naming_stalled_ranks("for the others in training"):
+            while True:
+                reals = [next(data) for _ in range(c.rounds)]
+                for phase_index, runner in enumerate(t.phases):
+                    if t.progress.step % runner.interval == 0:
+                        run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, t.progress)
+                if ada is not None and t.progress.step % ada.interval == 0:
+                    ada.update(loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
+                t.ema.update(G, t.progress.cur_nimg, c.batch_size)
+                t.progress.cur_nimg += c.batch_size
+                t.progress.step += 1
 
-    distributed.print0("Exiting...")
-    if log is not None:
-        log.close()
+                done = t.progress.cur_nimg >= c.total_kimg * 1000
+                tick_end_nimg = t.progress.tick_start_nimg + c.tick_kimg * 1000
+                if done or t.progress.cur_tick == 0 or t.progress.cur_nimg >= tick_end_nimg:
+                    # End of a tick: report, check health, then snapshot every snap_ticks ticks and at the end.
+                    tick_end_time = time.time()
+                    nonfinite = health.nonfinite_grads_since_last_tick()
+                    report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device, nonfinite)
+                    collector.update()
+                    if log is not None:
+                        log.write_stats(collector.as_dict(), t.progress.cur_nimg / 1000)
+                    health.check_weights(t)
+                    health.check_losses(t, collector)
+                    t.progress.cur_tick += 1
+                    t.progress.tick_start_nimg = t.progress.cur_nimg
+                    if done or (t.progress.cur_tick - 1) % c.snap_ticks == 0:
+                        loss.gather_pending()
+                        snapshot_pkl = save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
+                        health.last_snapshot = snapshot_pkl
+                        states.saved(t.progress.cur_nimg)
+                        metric_runner.evaluate(t.ema.module, snapshot_pkl, t.progress.cur_nimg / 1000)
+                    tick_start_time = time.time()
+                    maintenance_sec = tick_start_time - tick_end_time
+                if done:
+                    break
+
+                # Between steps: a state when one is due or a stop signal came, decided together by all ranks.
+                stopping, state_due = distributed.agree([stop.requested, states.due(t.progress.cur_nimg)])
+                if stopping or state_due:
+                    health.check_weights(t)  # A state with non-finite weights would only resume the divergence.
+                    loss.gather_pending()
+                    save_training_state(c, t, elapsed_sec=time.time() - start_time)
+                    states.saved(t.progress.cur_nimg)
+                if stopping:
+                    signum = stop.signum or preemption.STOP_SIGNALS[0]  # Another rank's signal stops this one too.
+                    distributed.print0(
+                        f"Stopped by a signal at kimg {t.progress.cur_nimg / 1000:g}; continue with the same command "
+                        f"and --resume={c.run_dir} (or --resume=latest)."
+                    )
+                    distributed.barrier()  # No rank may exit (and so end the job) before rank 0 has written.
+                    raise SystemExit(preemption.exit_status(signum))
+        distributed.print0("Exiting...")
+    finally:
+        if log is not None:
+            log.close()
+
+
+class StateSchedule:
+    """When the next training state beyond the snapshots' is due: every `state_min` minutes of training (rank
+    0's clock decides, the ranks agree through `distributed.agree`) or every `state_kimg` kimg."""
+
+    def __init__(self, c: TrainingConfig, cur_nimg: int):
+        self.c = c
+        self.saved(cur_nimg)
+
+    def saved(self, cur_nimg: int) -> None:
+        """A training state was just written at `cur_nimg`."""
+        self.time, self.nimg = time.monotonic(), cur_nimg
+
+    def due(self, cur_nimg: int) -> bool:
+        """Whether a state should be written now (False on ranks other than 0 for the clock: see the class)."""
+        by_kimg = self.c.state_kimg > 0 and cur_nimg - self.nimg >= self.c.state_kimg * 1000
+        by_clock = self.c.state_min > 0 and time.monotonic() - self.time >= self.c.state_min * 60
+        return by_kimg or (by_clock and distributed.is_main())
+
+
+class Health:
+    """Watches for divergence: non-finite gradient values (counted per tick), weights and losses.
+
+    The run stops (TrainingStopped) when any weight of G, D or G_ema is not finite at the end of a tick, which
+    also means no snapshot is ever written with non-finite weights, or when G's or D's mean loss is non-finite
+    in NONFINITE_LOSS_TICKS consecutive ticks. The message names the last snapshot written with finite weights.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.last_snapshot: str | None = newest_snapshot(run_dir)
+        self.nonfinite_loss_ticks = 0
+        self._grads_counted = self._nonfinite_grads_total()
+
+    @staticmethod
+    def _nonfinite_grads_total() -> float:
+        """Non-finite gradient values counted so far in this process (every rank counts the reduced gradients)."""
+        names = [n for n in training_stats.default_recorder.names() if n.startswith("Progress/nonfinite_grads/")]
+        return sum(float(training_stats.default_recorder.cumulative(n)[1]) for n in names)
+
+    def nonfinite_grads_since_last_tick(self) -> int:
+        """Non-finite gradient values since the previous call (zeroed before the optimizer steps)."""
+        total = self._nonfinite_grads_total()
+        count, self._grads_counted = total - self._grads_counted, total
+        return int(count)
+
+    def check_weights(self, t: Trainer) -> None:
+        """Raise TrainingStopped if any weight of G, D or G_ema is not finite."""
+        bad = {name: nonfinite_tensors(module) for name, module in (("G", t.G), ("D", t.D), ("G_ema", t.ema.module))}
+        bad = {name: tensors for name, tensors in bad.items() if tensors}
+        if bad:
+            what = "; ".join(f"{len(v)} tensors of {k} (e.g. {v[0]})" for k, v in bad.items())
+            raise TrainingStopped(
+                f"training diverged at kimg {t.progress.cur_nimg / 1000:g}: {what} are not finite. "
+                f"{self._how_to_go_on()}"
+            )
+
+    def check_losses(self, t: Trainer, collector: training_stats.Collector) -> None:
+        """Raise TrainingStopped if G's or D's mean loss of the tick just collected is not finite, for the
+        NONFINITE_LOSS_TICKS-th tick in a row."""
+        where = f"kimg {t.progress.cur_nimg / 1000:g} (tick {t.progress.cur_tick})"
+        losses = {name: collector.mean(f"Loss/{name}/loss") for name in ("G", "D")}
+        if all(np.isfinite(v) or np.isnan(v) and collector.num(f"Loss/{k}/loss") == 0 for k, v in losses.items()):
+            self.nonfinite_loss_ticks = 0
+            return
+        self.nonfinite_loss_ticks += 1
+        if self.nonfinite_loss_ticks >= NONFINITE_LOSS_TICKS:
+            shown = ", ".join(f"{k} {v:g}" for k, v in losses.items())
+            raise TrainingStopped(
+                f"training diverged at {where}: the mean losses were not finite for {self.nonfinite_loss_ticks} "
+                f"ticks in a row ({shown}). {self._how_to_go_on()}"
+            )
+
+    def _how_to_go_on(self) -> str:
+        """Where the last good weights are, and the command that goes on from them."""
+        if self.last_snapshot is None:
+            return (
+                "No snapshot was written before; start again with lower learning rates (--glr, --dlr), a larger "
+                "--gamma, or --fp32=1."
+            )
+        return (
+            f"Nothing was saved after the last finite snapshot, {self.last_snapshot}. To go on from it, run the same "
+            f"command with --resume={self.last_snapshot} and lower learning rates (for example half the --glr and "
+            f"--dlr), a larger --gamma, or --fp32=1: a new run starts from its weights."
+        )
+
+
+def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the module's parameters and buffers holding NaN or +-inf (one device sync for all)."""
+    named = [(name, t) for name, t in misc.named_params_and_buffers(module) if t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+
+
+def newest_snapshot(run_dir: str) -> str | None:
+    """The newest network-snapshot-*.pkl of a run directory (a continued run's), or None."""
+    paths = sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
+    return paths[-1] if paths else None
 
 
 def report_tick(
@@ -421,8 +560,13 @@ def report_tick(
     maintenance_sec: float,
     start_time: float,
     device: torch.device,
+    nonfinite_grads: int,
 ) -> None:
-    """Print the tick's status line and report its timings and resources as statistics."""
+    """Print the tick's status line and report its timings and resources as statistics.
+
+    Args:
+        nonfinite_grads: Gradient values that were NaN or +-inf in this tick (zeroed before the steps).
+    """
     progress = t.progress
     kimg = progress.cur_nimg / 1000
     tick_kimg = (progress.cur_nimg - progress.tick_start_nimg) / 1000
@@ -441,6 +585,8 @@ def report_tick(
         ("gpumem", training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem_gb), "{:<6.2f}"),
         ("augment", training_stats.report0("Progress/augment", t.augment_p), "{:.3f}"),
     ]
+    if nonfinite_grads:  # Shown only when it happens, so a healthy run's line stays as the published one.
+        fields.append(("nonfinite-grads", nonfinite_grads, "{:d}"))
     distributed.print0("  ".join(f"{name} {fmt.format(value)}" for name, value, fmt in fields))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -504,11 +650,26 @@ def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec
         return snapshot_path
     grid.save_fakes(t.ema.module, f"fakes{kimg:06d}.png")
     checkpoint.save_snapshot(snapshot_path, t.G, t.D, t.ema.module, t.augment_pipe, training_set_kwargs(c))
-    state = t.state_dict()
-    state["progress"]["elapsed_sec"] += elapsed_sec
-    checkpoint.save_state(checkpoint.state_path(c.run_dir, kimg), state)
+    save_training_state(c, t, elapsed_sec, quiet=True)
     print(f"Saved {os.path.basename(snapshot_path)} and its training state.")
     return snapshot_path
+
+
+def save_training_state(c: TrainingConfig, t: Trainer, elapsed_sec: float, quiet: bool = False) -> None:
+    """Write training-state-KKKKKK.pt (rank 0), named by whole kimg: a later state in the same kimg replaces it,
+    and each holds its exact image count.
+
+    Args:
+        elapsed_sec: Training time of this session so far, added to the saved elapsed time.
+    """
+    if not distributed.is_main():
+        return
+    state = t.state_dict()
+    state["progress"]["elapsed_sec"] += elapsed_sec
+    path = checkpoint.state_path(c.run_dir, t.progress.cur_nimg // 1000)
+    checkpoint.save_state(path, state)
+    if not quiet:
+        print(f"Saved {os.path.basename(path)} at kimg {t.progress.cur_nimg / 1000:g}.")
 
 
 def resume(c: TrainingConfig, t: Trainer) -> bool:
