@@ -147,7 +147,7 @@ def inspect_dataset(path: str, use_labels: bool) -> dict:
     Labels are read only for a conditional run, so a damaged dataset.json cannot stop an unconditional one.
     """
     try:
-        with ImageFolderDataset(path, use_labels=use_labels) as dataset:
+        with ImageFolderDataset(path, use_labels=use_labels, check_headers=True) as dataset:
             return dict(
                 resolution=dataset.resolution, num_channels=dataset.num_channels, label_dim=dataset.label_dim,
                 has_labels=dataset.has_labels, num_images=len(dataset),

@@ -300,3 +300,39 @@ def test_malformed_labels_only_matter_when_used(tmp_path):
 def test_importing_the_dataset_module_does_not_import_torch():
     code = "import sys, training.dataset, dataset_tool; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_every_png_header_is_checked_when_asked(tmp_path):
+    images = random_images(40, 3)
+    path, names = write_dataset(tmp_path / "d", images)
+    (path / names[1]).write_bytes(png_bytes(random_images(1, 3, size=16)[0]))  # Not in the decoded sample.
+    ImageFolderDataset(str(path))  # The sample alone misses it.
+    with pytest.raises(DatasetError, match=f"{names[1]} has 16x16 pixels with 3 channel"):
+        ImageFolderDataset(str(path), check_headers=True)
+    (path / names[1]).write_bytes(png_bytes(random_images(1, 1)[0]))  # Gray among RGB.
+    with pytest.raises(DatasetError, match=f"{names[1]} has 8x8 pixels with 1 channel"):
+        ImageFolderDataset(str(path), check_headers=True)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.zeros([8, 8, 3], dtype=np.uint16).astype(np.uint8)).save(buffer, format="PNG")
+    header = bytearray(buffer.getvalue())
+    header[24] = 16  # A 16-bit RGB header (the checks read the header only).
+    (path / names[1]).write_bytes(bytes(header))
+    with pytest.raises(DatasetError, match=f"{names[1]} has 16-bit samples"):
+        ImageFolderDataset(str(path), check_headers=True)
+
+
+def test_skip_damaged_replaces_and_counts_with_a_warning(tmp_path):
+    images = random_images(40, 3)
+    path, names = write_dataset(tmp_path / "d", images)
+    (path / names[1]).write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
+    skipping = dataset_module.SkipDamaged(ImageFolderDataset(str(path)))
+    image, _, skipped = skipping[0]
+    assert skipped == 0 and np.array_equal(image, images[0])
+    with pytest.warns(dataset_module.DamagedImageWarning, match=f"skipped a damaged image: .*{names[1]}"):
+        image, _, skipped = skipping[1]
+    assert skipped == 1 and np.array_equal(image, images[2])  # The next readable one.
+
+    for name in names[2 : 3 + dataset_module.MAX_SKIPPED_IN_A_ROW]:
+        (path / name).write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
+    with pytest.warns(dataset_module.DamagedImageWarning), pytest.raises(DatasetError, match="in a row are damaged"):
+        skipping[1]  # noqa: B018

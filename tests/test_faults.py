@@ -13,6 +13,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -355,3 +357,23 @@ def test_a_malformed_dataset_json_stops_only_conditional_training(tmp_path, data
     result = CliRunner().invoke(train.main, [*common, "--cond=1"])
     assert result.exit_code != 0 and "dataset.json" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_image_found_in_training_is_skipped_and_counted(tmp_path):
+    path = tmp_path / "damaged.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(40):
+            buffer = io.BytesIO()
+            PIL.Image.fromarray(rng.integers(0, 256, [8, 8, 3], dtype=np.uint8)).save(buffer, format="PNG")
+            data = buffer.getvalue()
+            if i == 1:  # Not among the images decoded at the start, and its header is intact: found by training.
+                data = data[:33] + b"garbage" * 10
+            archive.writestr(f"00000/img{i:08d}.png", data)
+    args = [f"--outdir={tmp_path / 'runs'}", f"--data={path}", *TINY, "--batch=40", "--kimg=0.08", "--tick=0.04"]
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=Path(train.__file__).parent, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "damaged-images 1" in result.stdout  # Each tick shows 40 images: the damaged one once.
+    assert "skipped a damaged image" in result.stderr and "img00000001.png" in result.stderr

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import tqdm
 
 try:
     import pyspng
@@ -111,6 +112,22 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
         return None
     return struct.unpack(">II", data[16:24])
+
+
+def png_header(data: bytes) -> tuple[tuple[int, int], int, int] | None:
+    """((width, height), channels after decoding, bit depth) from a PNG's IHDR chunk; None if not a PNG.
+
+    Channels and depth as `decode_image` returns them: gray 1, RGB 3, gray+alpha 2, RGBA 4, and a palette of any
+    depth becomes 8-bit RGB.
+    """
+    size = png_size(data)
+    if size is None or len(data) < 26:
+        return None
+    bit_depth, color_type = data[24], data[25]
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color_type)
+    if color_type == 3:
+        bit_depth = 8
+    return None if channels is None else (size, channels, bit_depth)
 
 
 def decode_image(data: bytes, fname: str) -> np.ndarray:
@@ -284,6 +301,37 @@ class Dataset:
         return self._raw_labels is not None and self._raw_labels.ndim == 1
 
 
+MAX_SKIPPED_IN_A_ROW = 16  # SkipDamaged gives up (DatasetError) after this many damaged images in a row.
+
+
+class DamagedImageWarning(UserWarning):
+    """Training skipped a damaged image (the message names it); see SkipDamaged."""
+
+
+class SkipDamaged:
+    """A dataset for training in which a damaged image is replaced by the next readable one, with a warning naming
+    it, instead of ending the run hours in; items are (image, label, how many damaged images were skipped).
+
+    The checks when a dataset is opened find most damage before the first step; this covers what only a full
+    decode finds. More than MAX_SKIPPED_IN_A_ROW damaged images in a row is a DatasetError.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray, int]:
+        for skipped in range(MAX_SKIPPED_IN_A_ROW + 1):
+            try:
+                image, label = self.dataset[(idx + skipped) % len(self.dataset)]
+                return image, label, skipped
+            except DatasetError as error:
+                warnings.warn(f"skipped a damaged image: {error}", DamagedImageWarning, stacklevel=2)
+        raise DatasetError(f"{MAX_SKIPPED_IN_A_ROW + 1} images in a row are damaged (see the warnings above)")
+
+
 class ImageFolderDataset(Dataset):
     """Images in a folder (searched recursively) or a zip, sorted by relative path; checked when opened."""
 
@@ -297,6 +345,7 @@ class ImageFolderDataset(Dataset):
         xflip: bool = False,  # Append a horizontally mirrored copy of every image, doubling the length.
         random_seed: int = 0,  # Seed that picks the `max_size` subset.
         check: bool = True,  # Check the zip index and a decoded sample now; False leaves every check to the reads.
+        check_headers: bool = False,  # Also read every PNG's header now: size, channels, bit depth (train.py does).
     ) -> None:
         self._path = str(path)
         self._zip_file: zipfile.ZipFile | None = None
@@ -337,6 +386,8 @@ class ImageFolderDataset(Dataset):
             self._check_zip_index()
         if check:
             self._check_sample(CHECK_SAMPLE_SIZE)
+        if check_headers:
+            self._check_headers()
         raw_shape = [len(self._image_fnames), *first_image.shape]
         raw_labels = self._load_labels(use_labels) if LABELS_FILE in names else None
         default_name = Path(self._path.rstrip("/\\")).stem if self._kind == "zip" else Path(self._path).name
@@ -415,6 +466,41 @@ class ImageFolderDataset(Dataset):
         num_images = len(self._image_fnames)
         for raw_idx in np.unique(np.linspace(0, num_images - 1, num=min(count, num_images)).round().astype(int)):
             self._load_raw_image(int(raw_idx))
+
+    def _check_headers(self) -> None:
+        """Read the header of every PNG (33 bytes each, no decoding: about 10 s for 70k images in a zip) and refuse
+        the first whose size, channels or bit depth differs from what training will decode; a progress bar shows
+        for large sets. Other formats are left to the decoded sample and the reads."""
+        fnames = [f for f in self._image_fnames if f.lower().endswith(".png")]
+        channels, height, width = self._expected_shape
+        progress = tqdm.tqdm(fnames, desc="Checking image headers", unit="img", disable=len(fnames) < 5000)
+        for fname in progress:
+            header = self._read_head(fname, 33)
+            found = png_header(header)
+            if found is None:
+                problem = f"{self._path}: {fname} is not a PNG file (its header is damaged)"
+                raise DatasetError(problem, self.repack_advice)
+            size, png_channels, bit_depth = found
+            if size != (width, height) or png_channels != channels:
+                raise self._wrong_shape_error(fname, f"{size[0]}x{size[1]} pixels with {png_channels} channel(s)")
+            if bit_depth != 8:
+                raise DatasetError(
+                    f"{self._path}: {fname} has {bit_depth}-bit samples; training reads 8-bit images",
+                    f"{self.repack_advice} (dataset_tool.py writes 8-bit PNGs)",
+                )
+
+    def _read_head(self, fname: str, count: int) -> bytes:
+        """The first `count` bytes of a file of the dataset."""
+        try:
+            if self._kind == "zip":
+                with self._open_zip().open(fname) as file:
+                    return file.read(count)
+            with open(os.path.join(self._path, fname), "rb") as file:
+                return file.read(count)
+        except Exception as err:  # Whatever the zip reader raises, say which file it was.
+            raise DatasetError(
+                f"{self._path}: cannot read {fname} ({type(err).__name__}: {err})", self.repack_advice
+            ) from err
 
     def _read_bytes(self, fname: str, limit: int) -> bytes:
         """Read a file of the dataset, refusing one longer than `limit` bytes without reading more than that."""

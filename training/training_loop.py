@@ -24,7 +24,7 @@ from torch_utils import distributed, misc, training_stats
 from training import checkpoint, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
-from training.dataset import ImageFolderDataset
+from training.dataset import ImageFolderDataset, SkipDamaged
 from training.loss import Chunk, Phase, StyleGAN2Loss
 from training.metric_runner import MetricRunner
 from training.networks_stylegan2 import Discriminator
@@ -252,7 +252,7 @@ def make_data_iterator(c: TrainingConfig, dataset: ImageFolderDataset, start_nim
         block_size=c.batch_gpu,
     )
     loader = torch.utils.data.DataLoader(
-        dataset,
+        SkipDamaged(dataset),
         sampler=sampler,
         batch_size=c.batch_gpu,
         num_workers=c.workers,
@@ -260,7 +260,8 @@ def make_data_iterator(c: TrainingConfig, dataset: ImageFolderDataset, start_nim
         prefetch_factor=2 if c.workers > 0 else None,
         persistent_workers=c.workers > 0,
     )
-    for images, labels in loader:
+    for images, labels, skipped in loader:
+        training_stats.report("Progress/damaged_images", skipped.sum())  # Counted per tick (Health).
         yield images.to(device).to(torch.float32) / 127.5 - 1, labels.to(device)
 
 
@@ -411,8 +412,8 @@ def training_loop(c: TrainingConfig) -> None:
                 if done or t.progress.cur_tick == 0 or t.progress.cur_nimg >= tick_end_nimg:
                     # End of a tick: report, check health, then snapshot every snap_ticks ticks and at the end.
                     tick_end_time = time.time()
-                    nonfinite = health.nonfinite_grads_since_last_tick()
-                    report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device, nonfinite)
+                    counts = health.counts_since_last_tick()
+                    report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device, counts)
                     collector.update()
                     if log is not None:
                         log.write_stats(collector.as_dict(), t.progress.cur_nimg / 1000)
@@ -483,19 +484,27 @@ class Health:
         self.run_dir = run_dir
         self.last_snapshot: str | None = newest_snapshot(run_dir)
         self.nonfinite_loss_ticks = 0
-        self._grads_counted = self._nonfinite_grads_total()
+        self._counted = {prefix: self._reported_total(prefix) for prefix in self.COUNTED}
 
-    @staticmethod
-    def _nonfinite_grads_total() -> float:
-        """Non-finite gradient values counted so far in this process (every rank counts the reduced gradients)."""
-        names = [n for n in training_stats.default_recorder.names() if n.startswith("Progress/nonfinite_grads/")]
+    # Per-tick counts shown in the tick line when not zero: name -> statistics whose sums are added up. Every rank
+    # counts the reduced gradients; damaged images are this rank's.
+    COUNTED = {"nonfinite-grads": "Progress/nonfinite_grads/", "damaged-images": "Progress/damaged_images"}
+
+    @classmethod
+    def _reported_total(cls, name: str) -> float:
+        """The sum of every value reported so far in this process under the statistics of COUNTED[name]."""
+        prefix = cls.COUNTED[name]
+        names = [n for n in training_stats.default_recorder.names() if n.startswith(prefix)]
         return sum(float(training_stats.default_recorder.cumulative(n)[1]) for n in names)
 
-    def nonfinite_grads_since_last_tick(self) -> int:
-        """Non-finite gradient values since the previous call (zeroed before the optimizer steps)."""
-        total = self._nonfinite_grads_total()
-        count, self._grads_counted = total - self._grads_counted, total
-        return int(count)
+    def counts_since_last_tick(self) -> dict[str, int]:
+        """Non-finite gradient values (zeroed before the optimizer steps) and damaged images skipped since the
+        previous call."""
+        counts = {}
+        for name in self.COUNTED:
+            total = self._reported_total(name)
+            counts[name], self._counted[name] = int(total - self._counted[name]), total
+        return counts
 
     def check_weights(self, t: Trainer) -> None:
         """Raise TrainingStopped if any weight of G, D or G_ema is not finite."""
@@ -560,12 +569,12 @@ def report_tick(
     maintenance_sec: float,
     start_time: float,
     device: torch.device,
-    nonfinite_grads: int,
+    counts: dict[str, int],
 ) -> None:
     """Print the tick's status line and report its timings and resources as statistics.
 
     Args:
-        nonfinite_grads: Gradient values that were NaN or +-inf in this tick (zeroed before the steps).
+        counts: Troubles of this tick by name (Health.COUNTED), shown when not zero.
     """
     progress = t.progress
     kimg = progress.cur_nimg / 1000
@@ -585,8 +594,8 @@ def report_tick(
         ("gpumem", training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem_gb), "{:<6.2f}"),
         ("augment", training_stats.report0("Progress/augment", t.augment_p), "{:.3f}"),
     ]
-    if nonfinite_grads:  # Shown only when it happens, so a healthy run's line stays as the published one.
-        fields.append(("nonfinite-grads", nonfinite_grads, "{:d}"))
+    # Shown only when they happen, so a healthy run's line stays as the published one.
+    fields += [(name, count, "{:d}") for name, count in counts.items() if count]
     distributed.print0("  ".join(f"{name} {fmt.format(value)}" for name, value, fmt in fields))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -620,7 +629,8 @@ class SnapshotGrid:
     def save_reals(self) -> None:
         """Write reals.png (rank 0)."""
         if distributed.is_main():
-            images = np.stack([self.dataset[i][0] for i in self.indices])
+            readable = SkipDamaged(self.dataset)  # A damaged image gives its place to the next readable one.
+            images = np.stack([readable[i][0] for i in self.indices])
             save_image_grid(images, os.path.join(self.c.run_dir, "reals.png"), (0, 255), self.grid)
 
     @torch.no_grad()
