@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -154,6 +155,9 @@ def report_metric(result: dict[str, Any], run_dir: str | None = None, snapshot_p
     if run_dir is None:
         print(line)
         return
-    with open(os.path.join(run_dir, f"metric-{result['metric']}.jsonl"), "a") as f:
-        f.write(line + "\n")
+    # Rewritten whole and atomically (the file holds one short line per snapshot): a full disk leaves the old file
+    # and a WriteError naming it, never a torn line.
+    path = os.path.join(run_dir, f"metric-{result['metric']}.jsonl")
+    previous = Path(path).read_bytes() if os.path.isfile(path) else b""
+    dnnlib.util.atomic_write(path, lambda f: f.write(previous + (line + "\n").encode()))
     print(f"{result['metric']}: {json.dumps(result['results'])} ({result['total_time_str']})")

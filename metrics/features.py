@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -398,7 +399,10 @@ def cached_dataset_stats(
             return {name: data[name] for name in data.files}
     stats = compute()
     if path is not None and distributed.get_local_rank() == 0:  # One writer per machine; the rename is atomic.
-        write_npz_atomically(path, stats)
+        try:
+            write_npz_atomically(path, stats)
+        except dnnlib.util.WriteError as error:  # The statistics are computed; only the next run loses the cache.
+            warnings.warn(f"{error}; the statistics were not cached and will be computed again", stacklevel=2)
     return stats
 
 

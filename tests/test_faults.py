@@ -377,3 +377,21 @@ def test_a_damaged_image_found_in_training_is_skipped_and_counted(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "damaged-images 1" in result.stdout  # Each tick shows 40 images: the damaged one once.
     assert "skipped a damaged image" in result.stderr and "img00000001.png" in result.stderr
+
+
+def test_a_metric_result_that_cannot_be_written_is_a_sentence_and_keeps_the_file(tmp_path, monkeypatch):
+    from metrics import api
+
+    result = dict(metric="fid50k_full", results={"fid50k_full": 1.5}, total_time_str="1s")
+    api.report_metric(result, run_dir=str(tmp_path))
+    path = tmp_path / "metric-fid50k_full.jsonl"
+    before = path.read_bytes()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dnnlib.util.os, "fsync", no_space)
+    with pytest.raises(dnnlib.util.WriteError, match="No space left on device"):
+        api.report_metric(dict(result, results={"fid50k_full": 1.2}), run_dir=str(tmp_path))
+    assert path.read_bytes() == before and json.loads(before)["results"] == {"fid50k_full": 1.5}
+    assert sorted(os.listdir(tmp_path)) == ["metric-fid50k_full.jsonl"]

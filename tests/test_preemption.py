@@ -101,17 +101,22 @@ def test_sigterm_saves_a_state_and_the_resumed_run_ends_bit_identical(tmp_path, 
     assert_identical(final_state(straight), final_state(split))
 
 
-def test_sigint_to_the_launcher_of_two_processes_stops_both_after_one_save(tmp_path, data):
-    outdir = tmp_path / "runs"
-    args = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=1", "--tick=0.04"]
-    proc = start_training(*args, "--workers=0", cwd=tmp_path)
+def test_sigint_to_the_launcher_of_two_processes_stops_both_and_the_resumed_run_ends_bit_identical(tmp_path, data):
+    common = [f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=0.16", "--tick=0.04", "--workers=0"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    proc = start_training(f"--outdir={split}", *common, cwd=tmp_path)
     read_until(proc, "tick 1 ")
     proc.send_signal(signal.SIGINT)  # The launcher passes it on to both training processes.
     status, out = finish(proc)
     assert status == preemption.exit_status(signal.SIGINT) == 130, out
     assert out.count("Received SIGINT") == 1 and out.count("Stopped by a signal") == 1, out
-    state = final_state(outdir)
-    assert state["progress"]["cur_nimg"] % 8 == 0 and state["progress"]["cur_nimg"] > 40
+    stopped_at = final_state(split)["progress"]["cur_nimg"]
+    assert stopped_at % 8 == 0 and 40 <= stopped_at < 160
+
+    status, out = finish(start_training(f"--outdir={split}", *common, "--resume=latest", cwd=tmp_path))
+    assert status == 0 and f"from {stopped_at / 1000:g} kimg" in out, out
+    assert finish(start_training(f"--outdir={straight}", *common, cwd=tmp_path))[0] == 0
+    assert_identical(final_state(straight), final_state(split))
 
 
 def test_training_states_between_snapshots_by_kimg(tmp_path, data):
