@@ -11,6 +11,8 @@ into the folder given by --out. The steps, in priority order (a step that would 
   speed    for each --cfgs (256x256, --batch=32 --batch-gpu=16 by default): ours with the kernels, then the
            published trainer on the same data (when unpacked under --peer), and the ratio ours/theirs.
   ops      benchmarks/ops.py: each op call of a 256x256 StyleGAN3-T G and its D, kernels against reference.
+  profile  benchmarks/step_profile.py: where a step of the first --cfgs goes (the ops with the most GPU time, and
+           how busy the host keeps the GPU), with the kernels.
 
 Without a GPU, `kernels` and `ops` are recorded as skipped and the other steps run on the CPU (a smoke test of
 this script, not a benchmark). The published trainers are separate programs: they run from their own folder with
@@ -57,7 +59,7 @@ from training.config import PRESETS, TrainingConfig
 from training.dataset import ImageFolderDataset
 from training.training_loop import build_networks, training_set_kwargs
 
-STEPS = ["kernels", "guard", "speed", "ops"]
+STEPS = ["kernels", "guard", "speed", "ops", "profile"]
 CFG_ORDER = ["stylegan3-t", "stylegan2", "creps", "stylegan3-r"]  # Most asked-about first, in case time runs out.
 PEER_REPO = {"stylegan2": "stylegan3", "stylegan3-t": "stylegan3", "stylegan3-r": "stylegan3", "creps": "creps"}
 PEER_OPS = ("bias_act", "upfirdn2d", "filtered_lrelu")  # The published custom ops, compiled on first use.
@@ -232,8 +234,11 @@ def step_kernels(check: Check) -> None:
     cmd += [str(p.relative_to(ROOT)) for p in cuda_test_files()]
     tests = run_logged(check, "pytest -m cuda", cmd, env=python_env(), limit_sec=check.seconds_left() - MIN_STEP_SEC)
     counts = junit_counts(junit) if junit.is_file() else {}
-    passed = tests.ok and counts.get("failures", 1) == 0 and counts.get("errors", 1) == 0
+    ran = counts.get("tests", 0) - counts.get("skipped", 0)
+    passed = tests.ok and counts.get("failures", 1) == 0 and counts.get("errors", 1) == 0 and ran > 0
     status = "passed" if passed else ("timed out" if tests.returncode is None else "failed (see log.txt)")
+    if tests.ok and ran == 0:
+        status = "failed: every GPU test was skipped (pytest saw no GPU?)"
     check.record("kernels", status, build.seconds + tests.seconds, build_sec=round(build.seconds, 1), tests=counts)
 
 
@@ -410,8 +415,27 @@ def step_ops(check: Check) -> None:
     check.record("ops", "done", outcome.seconds, total_ref_ms=ops["total_ref_ms"], total_cuda_ms=ops["total_cuda_ms"])
 
 
+def step_profile(check: Check) -> None:
+    """benchmarks/step_profile.py for the first configuration, with the kernels."""
+    if not torch.cuda.is_available():
+        check.record("profile", "skipped: no CUDA GPU", 0)
+        return
+    path, run = check.work / "profile.json", check.run
+    cmd = [sys.executable, "-m", "benchmarks.step_profile", f"--cfg={check.cfgs[0]}", f"--resolution={run.resolution}",
+           f"--batch={run.batch}", f"--batch-gpu={run.batch_gpu}", f"--cbase={run.cbase}", f"--cmax={run.cmax}",
+           "--top=15", f"--json={path}"]  # fmt: skip
+    env = python_env(GANFORGE_CUDA_OPS="1")
+    outcome = run_logged(check, "profile", cmd, env=env, limit_sec=check.seconds_left())
+    if not outcome.ok or not path.is_file():
+        check.record("profile", "failed (see log.txt)", outcome.seconds)
+        return
+    check.results["profile"] = figures = json.loads(path.read_text())
+    check.record("profile", "done", outcome.seconds, wall_ms_per_step=round(figures["wall_ms_per_step"], 1),
+                 gpu_busy_ms_per_step=round(figures["device_busy_ms_per_step"], 1))  # fmt: skip
+
+
 STEP_FUNCTIONS: dict[str, Callable[[Check], None]] = dict(
-    kernels=step_kernels, guard=step_guard, speed=step_speed, ops=step_ops
+    kernels=step_kernels, guard=step_guard, speed=step_speed, ops=step_ops, profile=step_profile
 )
 
 
@@ -499,6 +523,19 @@ def results_markdown(results: dict[str, Any]) -> str:
                 f"| {r['ref_ms'] / r['cuda_ms']:.2f}x | {r['ref_mb']:.1f} | {r['cuda_mb']:.1f} |"
             )
         lines.append(f"\nTotal per G+D pass: ref {ops['total_ref_ms']:.1f} ms, cuda {ops['total_cuda_ms']:.1f} ms.")
+    profile = results.get("profile")
+    if profile:
+        lines += [
+            "",
+            f"## Where a step goes: {profile['cfg']} {profile['resolution']}x{profile['resolution']}, batch "
+            f"{profile['batch']} ({profile['batch_gpu']} per pass), {profile['wall_ms_per_step']:.1f} ms per step, "
+            f"GPU busy {profile['device_busy_ms_per_step'] or 0:.1f} ms",
+            "",
+            "| op | self GPU ms/step | calls/step | self CPU ms/step |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        lines += [f"| {op['name']} | {op['self_ms_per_step']:.2f} | {op['calls_per_step']:.1f} | "
+                  f"{op['self_cpu_ms_per_step']:.2f} |" for op in profile["ops"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@ warm-up and ratio arithmetic, the result files, and the path where the published
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,14 @@ def test_compare_training_measures_the_update_difference():
     assert r["relative_update_diff"] == pytest.approx(3e-4 / update)
     assert r["max_abs_diff"] == pytest.approx(3e-4)
     assert r["update_norm"] == pytest.approx(update)
+
+
+def test_the_profile_table_lists_the_ops():
+    profile = dict(cfg="stylegan3-t", resolution=256, batch=32, batch_gpu=16, wall_ms_per_step=500.0,
+                   device_busy_ms_per_step=400.0, ops=[dict(name="aten::conv", self_ms_per_step=120.5,
+                   calls_per_step=30.0, self_cpu_ms_per_step=2.25)])  # fmt: skip
+    page = gpu_check.results_markdown(dict(profile=profile))
+    assert "500.0 ms per step, GPU busy 400.0 ms" in page and "| aten::conv | 120.50 | 30.0 | 2.25 |" in page
 
 
 def test_junit_counts_sum_every_suite(tmp_path):
@@ -130,7 +139,7 @@ def test_speed_step_writes_the_table_with_and_without_the_peer(tmp_path, monkeyp
     monkeypatch.setattr(gpu_check, "make_dataset", lambda folder, resolution, count: folder / "data.zip")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "out"
-    args = [f"--out={out}", "--steps=kernels,speed,ops", "--cfgs=creps,stylegan2", f"--peer={peer}"]
+    args = [f"--out={out}", "--steps=kernels,speed,ops,profile", "--cfgs=creps,stylegan2", f"--peer={peer}"]
     result = CliRunner().invoke(gpu_check.main, args)
     assert result.exit_code == 0, result.output
 
@@ -145,7 +154,7 @@ def test_speed_step_writes_the_table_with_and_without_the_peer(tmp_path, monkeyp
 
     results = json.loads((out / "results.json").read_text())
     assert results["steps"]["kernels"]["status"] == "skipped: no CUDA GPU"
-    assert results["steps"]["ops"]["status"] == "skipped: no CUDA GPU"
+    assert results["steps"]["ops"]["status"] == results["steps"]["profile"]["status"] == "skipped: no CUDA GPU"
     assert results["steps"]["speed"]["status"] == "done"
     row = results["speed"]["stylegan2"]
     assert row["speed_ratio"] == pytest.approx(0.4) and row["memory_ratio"] == pytest.approx(0.75)
@@ -157,3 +166,36 @@ def test_speed_step_writes_the_table_with_and_without_the_peer(tmp_path, monkeyp
     assert "| stylegan2 | 10.00 | 25.00 | 0.40 | 6.00 | 8.00 | 12.00 | 12.00 | 2.00 | no |" in page
     assert "| creps | 10.00 | - | - |" in page and "theirs: absent" in page
     assert "no GPU (CPU smoke test)" in page
+
+
+def test_parallel_commands_are_logged_one_after_another_and_fail_together(tmp_path):
+    check = gpu_check.Check(
+        out=tmp_path, steps=[], cfgs=[], run=SpeedRun(cfg="stylegan2"), peer=tmp_path, guard_cfg="stylegan2",
+        guard_resolution=16, guard_kimg=0.016, max_images=1, deadline=0.0,
+    )  # fmt: skip
+    with open(tmp_path / "log.txt", "w") as check.log:
+        ok = gpu_check.run_logged_parallel(
+            check, {"a": [sys.executable, "-c", "print('from a')"], "b": [sys.executable, "-c", "print('from b')"]}, 60
+        )
+        failed = gpu_check.run_logged_parallel(
+            check, {"c": [sys.executable, "-c", "import sys; sys.exit(3)"], "d": [sys.executable, "-c", "pass"]}, 60
+        )
+        slow = gpu_check.run_logged_parallel(check, {"e": [sys.executable, "-c", "import time; time.sleep(30)"]}, 1)
+    assert ok.ok and failed.returncode == 3 and slow.returncode is None and slow.seconds < 10
+    log = (tmp_path / "log.txt").read_text()
+    assert log.index("===== a\n") < log.index("from a") < log.index("===== a: exit 0") < log.index("===== b\n")
+    assert "from b" in log and "===== c: exit 3" in log and "===== e: exit None" in log
+
+
+def test_step_profile_runs_real_steps_on_the_cpu(tmp_path):
+    from benchmarks import step_profile
+
+    path = tmp_path / "profile.json"
+    args = ["--cfg=stylegan2", "--resolution=8", "--batch=4", "--cbase=64", "--cmax=8", "--warmup=1", "--steps=2"]
+    result = CliRunner().invoke(step_profile.main, [*args, "--top=5", f"--json={path}"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(path.read_text())
+    assert figures["device"] == "cpu" and figures["device_busy_ms_per_step"] is None
+    assert len(figures["ops"]) == 5 and figures["wall_ms_per_step"] > 0
+    assert figures["ops"][0]["self_ms_per_step"] >= figures["ops"][-1]["self_ms_per_step"]  # Sorted by self time.
+    assert "ms per step" in result.output and "s/kimg" in result.output

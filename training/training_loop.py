@@ -196,6 +196,15 @@ def build_networks(c: TrainingConfig, dataset: ImageFolderDataset, device: torch
     return G, D, G_ema
 
 
+def build_trainer(c: TrainingConfig, dataset: ImageFolderDataset, device: torch.device) -> Trainer:
+    """Networks, augmentation, loss and phases for a new run, identically on every rank; counters at zero."""
+    G, D, G_ema = build_networks(c, dataset, device)
+    augment_pipe, ada = build_augmentation(c, device)
+    loss = build_loss(c, G, D, augment_pipe)
+    ema = GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup)
+    return Trainer(G, D, ema, build_phases(c, G, D), loss, Progress(), augment_pipe, ada)
+
+
 def build_phases(c: TrainingConfig, G: torch.nn.Module, D: Discriminator) -> list[PhaseRunner]:
     """Gmain, Greg, Dmain, Dreg with lazy regularization (or Gboth, Dboth without), each with its Adam.
 
@@ -345,6 +354,23 @@ def run_phase(
 # The loop.
 
 
+def train_step(t: Trainer, c: TrainingConfig, reals: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor):
+    """One step: every phase due at this step, the ADA update, G's moving average, then the counters.
+
+    Args:
+        reals:  This rank's rounds of real images [batch_gpu, C, H, W] and labels [batch_gpu, c_dim].
+        labels: Every label of the dataset [num_images, c_dim], from which generated labels are drawn.
+    """
+    for phase_index, runner in enumerate(t.phases):
+        if t.progress.step % runner.interval == 0:
+            run_phase(runner, phase_index, t.loss, reals, labels, t.G.z_dim, c, t.progress)
+    if t.ada is not None and t.progress.step % t.ada.interval == 0:
+        t.ada.update(t.loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
+    t.ema.update(t.G, t.progress.cur_nimg, c.batch_size)
+    t.progress.cur_nimg += c.batch_size
+    t.progress.step += 1
+
+
 class TrainingStopped(Exception):
     """Training cannot usefully go on (it diverged); the message says what happened and how to go on."""
 
@@ -367,12 +393,8 @@ def training_loop(c: TrainingConfig) -> None:
 
     dataset = ImageFolderDataset(**training_set_kwargs(c))
     labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])).to(device)
-    G, D, G_ema = build_networks(c, dataset, device)
-    augment_pipe, ada = build_augmentation(c, device)
-    loss = build_loss(c, G, D, augment_pipe)
-    t = Trainer(
-        G, D, GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup), build_phases(c, G, D), loss, Progress(), augment_pipe, ada
-    )
+    t = build_trainer(c, dataset, device)
+    G, D, G_ema, loss = t.G, t.D, t.ema.module, t.loss
     continuing = resume(c, t)
     for module in (G, D, G_ema):
         broadcast_module(module)
@@ -397,15 +419,7 @@ def training_loop(c: TrainingConfig) -> None:
         maintenance_sec = tick_start_time - start_time
         with preemption.StopRequest() as stop, distributed.naming_stalled_ranks("for the others in training"):
             while True:
-                reals = [next(data) for _ in range(c.rounds)]
-                for phase_index, runner in enumerate(t.phases):
-                    if t.progress.step % runner.interval == 0:
-                        run_phase(runner, phase_index, loss, reals, labels, G.z_dim, c, t.progress)
-                if ada is not None and t.progress.step % ada.interval == 0:
-                    ada.update(loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
-                t.ema.update(G, t.progress.cur_nimg, c.batch_size)
-                t.progress.cur_nimg += c.batch_size
-                t.progress.step += 1
+                train_step(t, c, [next(data) for _ in range(c.rounds)], labels)
 
                 done = t.progress.cur_nimg >= c.total_kimg * 1000
                 tick_end_nimg = t.progress.tick_start_nimg + c.tick_kimg * 1000
