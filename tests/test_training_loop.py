@@ -115,7 +115,7 @@ def test_run_log_writes_log_stats_and_tensorboard(tmp_path, tensorboard, capsys)
     [line] = (tmp_path / "stats.jsonl").read_text().splitlines()
     stats = json.loads(line)
     assert stats["Loss/G/loss"] == {"num": 4, "mean": 0.5, "std": 0.1} and "timestamp" in stats
-    assert tensorboard.scalars == [("Loss/G/loss", 0.5, 12)]
+    assert tensorboard.scalars == [("Loss/G/loss", 0.5, 12000)]  # Steps are images, so fractional ticks differ.
 
 
 def test_save_image_grid_layout(tmp_path):
@@ -203,3 +203,14 @@ def test_construct_networks_precision_per_preset():
     _, G, D, _, _ = tiny_training("stylegan2", fp32=True)
     assert not G.synthesis.b8.use_fp16 and G.synthesis.b8.conv1.conv_clamp is None
     assert G.synthesis.b8.torgb.conv_clamp is None and D.b8.conv0.conv_clamp is None
+
+
+def test_tick_line_speed_fields_start_up_then_eta():
+    from training.training_loop import speed_fields
+
+    [(name, value, _)] = speed_fields(0, tick_sec=2.5, tick_kimg=0.004, kimg_left=10.0, total_sec=130.0)
+    assert (name, value) == ("start-up", "2m 10s")  # Not 2.5 s / 0.004 kimg = 625 s/kimg.
+    (speed, sec_per_kimg, _), (eta, left, _) = speed_fields(3, tick_sec=40.0, tick_kimg=4.0, kimg_left=100.0,
+                                                            total_sec=500.0)  # fmt: skip
+    assert (speed, sec_per_kimg, eta, left) == ("sec/kimg", 10.0, "eta", "16m 40s")  # 100 kimg at 10 s/kimg.
+    assert speed_fields(3, tick_sec=40.0, tick_kimg=4.0, kimg_left=-0.5, total_sec=500.0)[1][1] == "0s"

@@ -61,6 +61,9 @@ class RunLog:
         sys.stdout = _Tee(sys.stdout, self._log_file)
         sys.stderr = _Tee(sys.stderr, self._log_file)
         self._tensorboard = _open_tensorboard(run_dir)
+        if self._tensorboard is None:
+            print("TensorBoard logging is off (pip install tensorboard, or the [tensorboard] extra); stats.jsonl has "
+                  "every value.")  # fmt: skip
 
     def write_stats(self, stats: dict[str, Any], global_step_kimg: float) -> None:
         """Append `stats` ({name: {num, mean, std}}) to stats.jsonl and the TensorBoard event file."""
@@ -73,7 +76,9 @@ class RunLog:
         if self._tensorboard is not None:
             walltime = time.time()
             for name, value in stats.items():
-                self._tensorboard.add_scalar(name, value["mean"], global_step=int(global_step_kimg), walltime=walltime)
+                self._tensorboard.add_scalar(
+                    name, value["mean"], global_step=tensorboard_step(global_step_kimg), walltime=walltime
+                )
             self._tensorboard.flush()
 
     def write_scalars(self, scalars: dict[str, float], global_step_kimg: float) -> None:
@@ -81,7 +86,9 @@ class RunLog:
         if self._tensorboard is not None:
             walltime = time.time()
             for name, value in scalars.items():
-                self._tensorboard.add_scalar(name, value, global_step=int(global_step_kimg), walltime=walltime)
+                self._tensorboard.add_scalar(
+                    name, value, global_step=tensorboard_step(global_step_kimg), walltime=walltime
+                )
             self._tensorboard.flush()
 
     def close(self) -> None:
@@ -160,6 +167,12 @@ def _drop_lines(path: str, drop: Callable[[dict], bool], what: str) -> list[str]
     atomic_write(path, lambda f: f.write(b"".join(line + b"\n" for line in kept)))
     cut = " and a line cut short" if torn else ""
     return [f"{os.path.basename(path)}: dropped {dropped} lines ({what}){cut}, logged after the state continued from"]
+
+
+def tensorboard_step(kimg: float) -> int:
+    """TensorBoard's integer step for a point of training: images shown (the published int(kimg) put every tick of
+    a fractional --tick on the same step)."""
+    return round(kimg * 1000)
 
 
 def _open_tensorboard(run_dir: str) -> Any:

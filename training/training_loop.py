@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import time
+from typing import Any
 
 import numpy as np
 import psutil
@@ -427,7 +428,7 @@ def training_loop(c: TrainingConfig) -> None:
                     # End of a tick: report, check health, then snapshot every snap_ticks ticks and at the end.
                     tick_end_time = time.time()
                     counts = health.counts_since_last_tick()
-                    report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device, counts)
+                    report_tick(t, tick_start_time, tick_end_time, maintenance_sec, start_time, device, counts, c)
                     collector.update()
                     if log is not None:
                         log.write_stats(collector.as_dict(), t.progress.cur_nimg / 1000)
@@ -576,6 +577,18 @@ def newest_snapshot(run_dir: str) -> str | None:
     return paths[-1] if paths else None
 
 
+def speed_fields(
+    cur_tick: int, tick_sec: float, tick_kimg: float, kimg_left: float, total_sec: float
+) -> list[tuple[str, Any, str]]:
+    """The tick line's speed fields: start-up time at tick 0, else sec/kimg and the time left to --kimg (eta)."""
+    if cur_tick == 0:
+        startup = dnnlib.util.format_time(training_stats.report0("Timing/startup_sec", total_sec))
+        return [("start-up", startup, "{:<12s}")]
+    sec_per_kimg = training_stats.report0("Timing/sec_per_kimg", tick_sec / max(tick_kimg, 1e-8))
+    eta = dnnlib.util.format_time(max(kimg_left, 0.0) * sec_per_kimg)
+    return [("sec/kimg", sec_per_kimg, "{:<7.2f}"), ("eta", eta, "{:<12s}")]
+
+
 def report_tick(
     t: Trainer,
     tick_start_time: float,
@@ -584,8 +597,12 @@ def report_tick(
     start_time: float,
     device: torch.device,
     counts: dict[str, int],
+    c: TrainingConfig,
 ) -> None:
     """Print the tick's status line and report its timings and resources as statistics.
+
+    Tick 0 is a single step after start-up, so its line shows the start-up time instead of a speed; later ticks
+    show sec/kimg and the time left to --kimg at that speed (eta).
 
     Args:
         counts: Troubles of this tick by name (Health.COUNTED), shown when not zero.
@@ -602,7 +619,7 @@ def report_tick(
         ("kimg", training_stats.report0("Progress/kimg", kimg), "{:<8.1f}"),
         ("time", dnnlib.util.format_time(training_stats.report0("Timing/total_sec", total_sec)), "{:<12s}"),
         ("sec/tick", training_stats.report0("Timing/sec_per_tick", tick_sec), "{:<7.1f}"),
-        ("sec/kimg", training_stats.report0("Timing/sec_per_kimg", tick_sec / max(tick_kimg, 1e-8)), "{:<7.2f}"),
+        *speed_fields(progress.cur_tick, tick_sec, tick_kimg, c.total_kimg - kimg, total_sec),
         ("maintenance", training_stats.report0("Timing/maintenance_sec", maintenance_sec), "{:<6.1f}"),
         ("cpumem", training_stats.report0("Resources/cpu_mem_gb", cpu_mem_gb), "{:<6.2f}"),
         ("gpumem", training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem_gb), "{:<6.2f}"),
