@@ -146,12 +146,12 @@ def main(
 
     \b
     # 8 cells, 4 keyframes each (cell 0: seeds 0-3, cell 1: seeds 4-7, ...).
-    python gen_video.py --network=network-snapshot-000400.pkl --seeds=0-31 --grid=4x2 --output=lerp.mp4
+    python gen_video.py --network=network-snapshot-000400.pkl --seeds=0-31 --grid=4x2 --output=out/lerp.mp4
 
     \b
     # The same 32 seeds shuffled over the cells, at truncation 0.7.
     python gen_video.py --network=network-snapshot-000400.pkl --seeds=0-31 --grid=4,2 --shuffle-seed=1 \\
-        --trunc=0.7 --output=lerp.mp4
+        --trunc=0.7 --output=out/lerp.mp4
     """
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     G = load_generator(network_pkl, device)

@@ -103,7 +103,7 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         check_transfer(c, dataset_info)
     if c.resume_state is not None:
         check_state(c, dataset_info)
-    check_metrics(c)
+    check_metrics(c, download=not opts.get("dry_run", False))
     return c
 
 
@@ -127,10 +127,19 @@ def check_outdir(c: TrainingConfig) -> None:
         ) from None
 
 
-def check_metrics(c: TrainingConfig) -> None:
-    """Make sure the detector files of --metrics are at hand (downloading them now), not hours into the run."""
+def check_metrics(c: TrainingConfig, download: bool = True) -> None:
+    """Make sure the detector files of --metrics are at hand (downloading them now), not hours into the run.
+
+    Args:
+        download: False (--dry-run) only looks: a missing detector is a note, since a real run would fetch it.
+    """
     try:
-        metrics.check_metrics_available(c.metrics, detector_dir=c.detector_dir)
+        metrics.check_metrics_available(c.metrics, detector_dir=c.detector_dir, download=download)
+    except metrics.DetectorUnavailableError as error:
+        if download:
+            raise click.ClickException(f"--metrics={','.join(c.metrics)}: {error}") from None
+        distributed.print0(f"Note: --metrics={','.join(c.metrics)} needs detector files a real run would download:")
+        distributed.print0(f"  {error}")
     except metrics.MetricError as error:
         raise click.ClickException(f"--metrics={','.join(c.metrics)}: {error}") from None
 

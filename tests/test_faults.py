@@ -395,3 +395,17 @@ def test_a_metric_result_that_cannot_be_written_is_a_sentence_and_keeps_the_file
         api.report_metric(dict(result, results={"fid50k_full": 1.2}), run_dir=str(tmp_path))
     assert path.read_bytes() == before and json.loads(before)["results"] == {"fid50k_full": 1.5}
     assert sorted(os.listdir(tmp_path)) == ["metric-fid50k_full.jsonl"]
+
+
+def test_dry_run_never_downloads_detectors(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "cache"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("--dry-run tried to download")
+
+    monkeypatch.setattr(dnnlib.util, "open_url", no_download)
+    monkeypatch.setattr(dnnlib.util, "_download", no_download)
+    args = [f"--outdir={tmp_path / 'runs'}", f"--data={data}", *TINY, "--batch=4", "--metrics=fid50k_full"]
+    result = invoke(train.main, [*args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "needs detector files a real run would download" in result.output and "Dry run" in result.output
