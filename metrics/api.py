@@ -85,7 +85,8 @@ def calc_metric(
 
     Returns:
         {'results': {result name: value}, 'metric': name, 'total_time': seconds, 'total_time_str': '1m 05s',
-        'num_gpus': processes, 'num_gen': ..., 'max_real': ..., 'snapshot_pkl': None, 'timestamp': unix time}.
+        'num_gpus': processes, 'num_gen': images generated, 'max_real': the protocol's limit on real images,
+        'num_real': real images measured, 'snapshot_pkl': None, 'timestamp': unix time}.
     """
     spec = get_metric(name)
     check_network(spec, G)
@@ -111,8 +112,9 @@ def calc_metric(
         "total_time": total_time,
         "total_time_str": dnnlib.util.format_time(total_time),
         "num_gpus": distributed.get_world_size(),
-        "num_gen": ctx.num_gen,
-        "max_real": ctx.max_real if spec.uses_reals else None,
+        "num_gen": ctx.num_gen if ctx.num_gen_used is None else ctx.num_gen_used,  # What was generated.
+        "max_real": ctx.max_real if spec.uses_reals else None,  # The protocol's limit (None: the whole dataset).
+        "num_real": ctx.num_real_used if spec.uses_reals else None,  # What was measured.
         "snapshot_pkl": None,
         "timestamp": time.time(),
     }

@@ -50,6 +50,9 @@ class MetricContext:
     cache: bool = True  # Read and write dataset statistics under $DNNLIB_CACHE_DIR/gan-metrics.
     progress: bool = False  # Show progress bars (rank 0).
     seed: int = 0  # Seed of every latent, label, patch position and transform the metrics draw.
+    # What was actually measured, for the record: fewer than asked when the dataset is smaller.
+    num_gen_used: int | None = None  # Set by metrics that generate fewer than num_gen; None: num_gen.
+    num_real_used: int | None = None  # Real images measured (set by select_real_items); None: no reals.
 
     def detector(self, spec: DetectorSpec) -> torch.nn.Module:
         """The loaded detector network `spec` on this rank's device."""
@@ -149,10 +152,15 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 def select_real_items(ctx: MetricContext, num_available: int, max_items: int | None) -> np.ndarray:
-    """Dataset indices to measure: all, or a seeded random subset of `max_items` (sorted, for sequential reads)."""
+    """Dataset indices to measure: all, or a seeded random subset of `max_items` (sorted, for sequential reads).
+    Records their number in `ctx.num_real_used`."""
     if max_items is None or max_items >= num_available:
-        return np.arange(num_available)
-    return np.sort(np.random.default_rng([ctx.seed, num_available]).choice(num_available, max_items, replace=False))
+        indices = np.arange(num_available)
+    else:
+        rng = np.random.default_rng([ctx.seed, num_available])
+        indices = np.sort(rng.choice(num_available, max_items, replace=False))
+    ctx.num_real_used = len(indices)
+    return indices
 
 
 def real_batches(ctx: MetricContext, dataset: ImageFolderDataset, indices: np.ndarray) -> Iterator[tuple]:
@@ -323,8 +331,12 @@ def real_features(
             )  # fmt: skip
 
     params = dict(detector=detector_identity(ctx, spec), detector_kwargs=detector_kwargs, keep=keep)
-    return cached_dataset_stats(ctx, kind=f"{spec.filenames[0].split('.')[0]}-{keep}", max_items=max_items,
-                                params=params, compute=compute)  # fmt: skip
+    stats = cached_dataset_stats(ctx, kind=f"{spec.filenames[0].split('.')[0]}-{keep}", max_items=max_items,
+                                 params=params, compute=compute)  # fmt: skip
+    if ctx.num_real_used is None:  # Read from the cache: count the items as `compute` would have chosen them.
+        with ctx.open_dataset() as dataset:
+            select_real_items(ctx, len(dataset), max_items)
+    return stats
 
 
 def generated_features(

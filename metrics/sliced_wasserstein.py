@@ -171,6 +171,7 @@ def swd(ctx: MetricContext) -> dict[str, float]:
     with ctx.open_dataset() as dataset:
         num_real = len(dataset) if ctx.max_real is None else min(ctx.max_real, len(dataset))
         num_images = min(num_real, ctx.num_gen)  # Equal sets: the 1-D distances compare sorted projections.
+        ctx.num_gen_used = num_images
         indices = select_real_items(ctx, len(dataset), num_images)
         params = dict(patch=PATCH_SIZE, patches=PATCHES_PER_IMAGE, coarsest=COARSEST_RESOLUTION, kernel="binomial5")
         real = cached_dataset_stats(

@@ -381,6 +381,8 @@ def test_cli_writes_jsonl_next_to_the_snapshot_and_reuses_dataset_stats(workspac
         record = json.loads(lines[-1])
         assert record["metric"] == name and record["snapshot_pkl"] == "network-snapshot-000000.pkl"
         assert record["num_gen"] == 32 and record["max_real"] is None and record["num_gpus"] == 1
+        # The images measured, computed or read from the cache: all 64 of the dataset.
+        assert json.loads(lines[0])["num_real"] == record["num_real"] == 64
         assert set(record) >= {"results", "total_time", "total_time_str", "timestamp"}
         assert np.isfinite(record["results"][name]) and record["results"][name] > 0
 
@@ -429,7 +431,9 @@ def test_swd_of_a_bigger_dataset_has_one_value_per_level(tmp_path, cache_dir):
     with ImageFolderDataset(str(data)) as dataset:
         images = np.stack([dataset[i][0] for i in range(len(dataset))])
     kwargs = dict(path=str(data), xflip=False)
-    same = metrics.calc_metric("swd", ReplayGenerator(images), kwargs, CPU, num_gen=16, num_workers=0)["results"]
+    record = metrics.calc_metric("swd", ReplayGenerator(images), kwargs, CPU, num_gen=64, num_workers=0)
+    same = record["results"]
+    assert (record["num_gen"], record["num_real"], record["max_real"]) == (16, 16, 16384)  # What the 16 images allow.
     noise = metrics.calc_metric("swd", NoiseGenerator(images), kwargs, CPU, num_gen=16, num_workers=0)["results"]
     assert set(same) == {"swd", "swd_32", "swd_16"}
     assert max(same.values()) < 1e-9 and min(noise.values()) > 10
@@ -581,11 +585,14 @@ TRAIN_TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--cbase=64", "--cm
 
 def test_training_refuses_metrics_it_cannot_compute_before_starting(workspace, cache_dir, tmp_path):
     outdir = tmp_path / "runs"
-    args = [f"--outdir={outdir}", f"--data={workspace.data}", *TRAIN_TINY, "--kimg=1", "--dry-run"]
+    args = [f"--outdir={outdir}", f"--data={workspace.data}", *TRAIN_TINY, "--kimg=1"]
     result = CliRunner().invoke(train.main, [*args, "--metrics=fid50k_full"])  # The default, offline.
     assert result.exit_code == 1 and "inception-2015-12-05.pkl" in result.output, result.output
     assert detectors.INCEPTION.urls[0] in result.output and "--detector-dir" in result.output
     assert not outdir.exists()
+    args.append("--dry-run")  # Only looks: names what a real run would fetch, and downloads nothing.
+    result = CliRunner().invoke(train.main, [*args, "--metrics=fid50k_full"])
+    assert result.exit_code == 0 and "inception-2015-12-05.pkl" in result.output and "Note:" in result.output
     result = CliRunner().invoke(
         train.main, [*args, "--metrics=fid50k_full", f"--detector-dir={workspace.detector_dir}"]
     )
