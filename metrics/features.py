@@ -167,8 +167,11 @@ def real_batches(ctx: MetricContext, dataset: ImageFolderDataset, indices: np.nd
     """Stream this rank's share of dataset items `indices` as (positions in `indices`, uint8 [n, 3, H, W])."""
     positions = rank_items(len(indices))
     subset = torch.utils.data.Subset(dataset, indices[positions].tolist())
+    # No more workers than cores this process may use: more only compete (and make the DataLoader warn).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(ctx.num_workers, cores)
     loader = torch.utils.data.DataLoader(
-        subset, batch_size=ctx.batch_size, shuffle=False, num_workers=ctx.num_workers,
+        subset, batch_size=ctx.batch_size, shuffle=False, num_workers=workers,
         pin_memory=ctx.device.type == "cuda", persistent_workers=False,
     )  # fmt: skip
     for chunk, (images, _labels) in zip(split_batches(positions, ctx.batch_size), loader, strict=True):
