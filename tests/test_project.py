@@ -29,7 +29,7 @@ def test_runtime_dependencies():
     pyproject = (ROOT / "pyproject.toml").read_text()
     deps = re.search(r"dependencies = \[(.*?)\]", pyproject, re.S).group(1)
     names = {re.match(r'\s*"([A-Za-z0-9_-]+)', line).group(1).lower() for line in deps.strip().splitlines()}
-    assert names == {"torch", "click", "numpy", "scipy", "pillow", "ninja", "psutil", "imageio", "tqdm"}
+    assert names == {"torch", "click", "numpy", "scipy", "pillow", "ninja", "psutil", "imageio", "tqdm", "matplotlib"}
 
 
 def test_no_private_or_deprecated_imports():

@@ -12,13 +12,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
 
 import gen_images
 import train
-from training import checkpoint
+from training import checkpoint, plots
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1"]
@@ -73,7 +74,7 @@ def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
     expected = {
         "training_options.json", "log.txt", "stats.jsonl", "reals.png", "fakes_init.png", "fakes000000.png",
         "fakes000001.png", "network-snapshot-000000.pkl", "network-snapshot-000001.pkl", "training-state-000000.pt",
-        "training-state-000001.pt",
+        "training-state-000001.pt", "progress.png",
     }  # fmt: skip
     assert expected <= names
     assert not [name for name in names if name.startswith(".tmp-")]
@@ -84,6 +85,11 @@ def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/tick"]["mean"] for s in stats] == [0, 1, 2]
     assert stats[-1]["Progress/kimg"]["mean"] == 1.0 and "Loss/G/loss" in stats[-1]
+    # progress.png from this real stats.jsonl: every panel the run has numbers for (no metrics: --metrics=none).
+    titles = plots.write_progress(str(run_dir), output=str(tmp_path / "progress.png"))
+    assert titles == ["Losses", "Regularization", "Augmentation probability", "Speed (s/kimg)"]
+    with PIL.Image.open(tmp_path / "progress.png") as image:
+        assert image.size == (960, 512)  # 2 columns x 2 rows of panels at 80 dpi.
 
     # The snapshot unpickles in a fresh interpreter, outside the repository, with only the package installed.
     snapshot = run_dir / "network-snapshot-000001.pkl"

@@ -22,7 +22,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed, misc, training_stats
-from training import checkpoint, preemption
+from training import checkpoint, plots, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
 from training.dataset import ImageFolderDataset, SkipDamaged
@@ -442,6 +442,7 @@ def training_loop(c: TrainingConfig) -> None:
                         health.last_snapshot = snapshot_pkl
                         states.saved(t.progress.cur_nimg)
                         metric_runner.evaluate(t.ema.module, snapshot_pkl, t.progress.cur_nimg / 1000)
+                        draw_progress(c.run_dir)
                     tick_start_time = time.time()
                     maintenance_sec = tick_start_time - tick_end_time
                 if done:
@@ -694,6 +695,16 @@ def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec
     save_training_state(c, t, elapsed_sec, quiet=True)
     print(f"Saved {os.path.basename(snapshot_path)} and its training state.")
     return snapshot_path
+
+
+def draw_progress(run_dir: str) -> None:
+    """Redraw progress.png (rank 0); a plot that cannot be drawn is a warning, never the end of the run."""
+    if not distributed.is_main():
+        return
+    try:
+        plots.write_progress(run_dir)
+    except Exception as error:  # noqa: BLE001 - matplotlib's or the disk's; training matters more than the picture.
+        print(f"Warning: progress.png not drawn: {type(error).__name__}: {error}")
 
 
 def save_training_state(c: TrainingConfig, t: Trainer, elapsed_sec: float, quiet: bool = False) -> None:
