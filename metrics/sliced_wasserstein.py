@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import tqdm
 
 from metrics.features import (
     MetricContext,
@@ -180,7 +181,10 @@ def swd(ctx: MetricContext) -> dict[str, float]:
         )  # fmt: skip
     gen = pyramid_descriptors(ctx, generated_batches(ctx, num_images), num_images, "generated images")
     per_level = {}
-    for index, resolution in enumerate(pyramid_resolutions(ctx.G.img_resolution)):
+    resolutions = pyramid_resolutions(ctx.G.img_resolution)
+    # The distances take minutes for 16k images on a CPU: show them as a stage of their own.
+    bar = tqdm.tqdm(resolutions, desc="distances", unit="level", disable=not (ctx.progress and distributed.is_main()))
+    for index, resolution in enumerate(bar):
         real_level = torch.as_tensor(real[f"level{index}"], device=ctx.device).flatten(0, 1)  # [M, 3 * 49]
         gen_level = torch.as_tensor(gen[f"level{index}"], device=ctx.device).flatten(0, 1)
         distance = sliced_wasserstein(

@@ -422,7 +422,7 @@ def test_ppl_runs_with_the_lpips_call(workspace, cache_dir):
     assert np.isfinite(result["results"]["ppl2_wend"]) and result["results"]["ppl2_wend"] >= 0
 
 
-def test_swd_of_a_bigger_dataset_has_one_value_per_level(tmp_path, cache_dir):
+def test_swd_of_a_bigger_dataset_has_one_value_per_level(tmp_path, cache_dir, capsys):
     data = tmp_path / "shapes32.zip"
     result = CliRunner().invoke(
         dataset_tool.main, ["--source=demo:shapes", f"--dest={data}", "--resolution=32x32", "--max-images=16"]
@@ -431,8 +431,9 @@ def test_swd_of_a_bigger_dataset_has_one_value_per_level(tmp_path, cache_dir):
     with ImageFolderDataset(str(data)) as dataset:
         images = np.stack([dataset[i][0] for i in range(len(dataset))])
     kwargs = dict(path=str(data), xflip=False)
-    record = metrics.calc_metric("swd", ReplayGenerator(images), kwargs, CPU, num_gen=64, num_workers=0)
+    record = metrics.calc_metric("swd", ReplayGenerator(images), kwargs, CPU, num_gen=64, num_workers=0, progress=True)
     same = record["results"]
+    assert "distances: 100%" in capsys.readouterr().err  # The last stage shows its progress too.
     assert (record["num_gen"], record["num_real"], record["max_real"]) == (16, 16, 16384)  # What the 16 images allow.
     noise = metrics.calc_metric("swd", NoiseGenerator(images), kwargs, CPU, num_gen=16, num_workers=0)["results"]
     assert set(same) == {"swd", "swd_32", "swd_16"}
