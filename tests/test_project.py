@@ -1,8 +1,11 @@
 """Project-level checks: the README quick start, CI, dependencies and forbidden imports."""
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,35 @@ def test_no_private_or_deprecated_imports():
 @pytest.mark.parametrize("module", ["dnnlib", "torch_utils.ops.upfirdn2d", "training.dataset"])
 def test_modules_import_in_a_fresh_interpreter(module):
     subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, check=True)
+
+
+def test_a_regular_install_has_the_commands_and_the_kernel_sources(tmp_path):
+    """`pip install .` (not editable): a wheel with the entry scripts as modules and commands, and the CUDA sources."""
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."]
+    if importlib.util.find_spec("setuptools"):  # Build with the installed backend; else pip fetches it.
+        build.insert(4, "--no-build-isolation")
+    subprocess.run(build, cwd=ROOT, check=True, capture_output=True)
+    [wheel] = tmp_path.glob("ganforge-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert {"train.py", "gen_images.py", "gen_video.py", "calc_metrics.py", "dataset_tool.py"} <= names
+    assert {
+        f"torch_utils/ops/cuda/{n}" for n in ("filtered_lrelu.cu", "common.h", "device.cuh", "bias_act.cpp")
+    } <= names
+    assert "ganforge-train = train:main" in entry_points
+
+    target = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=str(target))  # Ahead of the editable checkout: the installed copy is used.
+    result = subprocess.run([str(target / "bin" / "ganforge-train"), "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and "--outdir DIR" in result.stdout, result.stderr
+    check = (
+        "from torch_utils import custom_ops as c; print(c.__file__);"
+        "print(all(p.is_file() for k in c.KERNELS for p in c.source_paths(k)))"
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    location, found = result.stdout.split()
+    assert location.startswith(str(target)) and found == "True", result.stderr  # The installed copy, complete.
