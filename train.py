@@ -86,6 +86,7 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         cudnn_benchmark=not opts.nobench,
         metrics=parse_metrics(opts.metrics),
         detector_dir=opts.detector_dir,
+        stop_patience=opts.stop_patience,
         resume=opts.resume,
     )
     c = resolve_resume(c)
@@ -436,6 +437,14 @@ def train_process(c: TrainingConfig) -> None:
     default=50,
     show_default=True,
     help="How often to save snapshots.",
+)
+@click.option(
+    "--stop-patience",
+    metavar="INT",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Stop when the first of --metrics has not improved for this many snapshots (0: never).",
 )
 @click.option(
     "--state-min",

@@ -178,19 +178,19 @@ def equivariance_psnr(ctx: MetricContext, kind: str) -> float:
     return float(10 * np.log10(2**2 / mse)) if mse > 0 else float("inf")
 
 
-@register_metric(num_gen=50_000, uses_reals=False, needs_input_transform=True)
+@register_metric(num_gen=50_000, uses_reals=False, needs_input_transform=True, higher_is_better=True)
 def eqt50k_int(ctx: MetricContext) -> dict[str, float]:
     """Equivariance to integer translation (EQ-T int), PSNR in dB, 50k samples."""
     return {"eqt50k_int": equivariance_psnr(ctx, "int")}
 
 
-@register_metric(num_gen=50_000, uses_reals=False, needs_input_transform=True)
+@register_metric(num_gen=50_000, uses_reals=False, needs_input_transform=True, higher_is_better=True)
 def eqt50k_frac(ctx: MetricContext) -> dict[str, float]:
     """Equivariance to fractional translation (EQ-T frac), PSNR in dB, 50k samples."""
     return {"eqt50k_frac": equivariance_psnr(ctx, "frac")}
 
 
-@register_metric(num_gen=50_000, uses_reals=False, needs_input_transform=True)
+@register_metric(num_gen=50_000, uses_reals=False, needs_input_transform=True, higher_is_better=True)
 def eqr50k(ctx: MetricContext) -> dict[str, float]:
     """Equivariance to rotation (EQ-R), PSNR in dB, 50k samples."""
     return {"eqr50k": equivariance_psnr(ctx, "rot")}

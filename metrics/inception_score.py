@@ -34,7 +34,7 @@ def inception_score(probs: np.ndarray, num_splits: int = 10) -> tuple[float, flo
     return float(np.mean(scores)), float(np.std(scores))
 
 
-@register_metric(num_gen=50_000, uses_reals=False, detectors=(INCEPTION,))
+@register_metric(num_gen=50_000, uses_reals=False, detectors=(INCEPTION,), higher_is_better=True)
 def is50k(ctx: MetricContext) -> dict[str, float]:
     """Inception score of 50k generated images, 10 splits."""
     # The softmax over 1008 classes computed without the output bias, as the original TensorFlow implementation

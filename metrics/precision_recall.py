@@ -70,14 +70,14 @@ def compute_pr(ctx: MetricContext) -> tuple[float, float]:
     return precision_recall(real_features_t, gen_features_t, k=3)
 
 
-@register_metric(num_gen=50_000, max_real=None, detectors=(VGG16,))
+@register_metric(num_gen=50_000, max_real=None, detectors=(VGG16,), higher_is_better=True)
 def pr50k3_full(ctx: MetricContext) -> dict[str, float]:
     """Precision and recall (k=3) of 50k generated images against the whole dataset."""
     precision, recall = compute_pr(ctx)
     return {"pr50k3_full_precision": precision, "pr50k3_full_recall": recall}
 
 
-@register_metric(num_gen=50_000, max_real=50_000, detectors=(VGG16,))
+@register_metric(num_gen=50_000, max_real=50_000, detectors=(VGG16,), higher_is_better=True)
 def pr50k3(ctx: MetricContext) -> dict[str, float]:
     """Precision and recall (k=3) of 50k generated images against 50k real images."""
     precision, recall = compute_pr(ctx)

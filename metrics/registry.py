@@ -39,6 +39,7 @@ class MetricSpec:
     uses_reals: bool  # Whether the metric compares against the dataset (False: IS, PPL, equivariance).
     detectors: tuple[DetectorSpec, ...]  # Feature networks it loads; empty for SWD and equivariance.
     needs_input_transform: bool  # Needs `G.synthesis.input.transform` (StyleGAN3 equivariance metrics).
+    higher_is_better: bool = False  # Direction of its first result (FID: lower; IS, precision, EQ PSNR: higher).
 
 
 _METRICS: dict[str, MetricSpec] = {}
@@ -51,6 +52,7 @@ def register_metric(
     uses_reals: bool = True,
     detectors: tuple[DetectorSpec, ...] = (),
     needs_input_transform: bool = False,
+    higher_is_better: bool = False,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator that adds a metric function to the registry under the function's name.
 
@@ -60,6 +62,7 @@ def register_metric(
         uses_reals:            Whether the metric reads the dataset's images.
         detectors:             Feature networks the metric loads (checked for availability up front).
         needs_input_transform: Refuse generators without `synthesis.input.transform`.
+        higher_is_better:      Whether a larger first result is better (best snapshot, early stopping).
 
     Returns:
         The decorator; it returns the function unchanged.
@@ -72,6 +75,7 @@ def register_metric(
         _METRICS[name] = MetricSpec(
             name=name, fn=fn, description=fn.__doc__.strip().splitlines()[0], num_gen=num_gen, max_real=max_real,
             uses_reals=uses_reals, detectors=tuple(detectors), needs_input_transform=needs_input_transform,
+            higher_is_better=higher_is_better,
         )  # fmt: skip
         return fn
 

@@ -154,6 +154,7 @@ class TrainingConfig:
     seed: int = 0  # Random seed of initialization, data order and every sampled latent.
     cudnn_benchmark: bool = True  # Let cuDNN pick the fastest convolution algorithms.
     metrics: list[str] = dataclasses.field(default_factory=list)  # Metrics evaluated at every snapshot; [] none.
+    stop_patience: int = 0  # Stop when the first metric has not improved for this many evaluations; 0: never.
     detector_dir: str | None = None  # Folder searched for metric detector files first; None: the download cache.
 
     # Resume.
@@ -255,6 +256,11 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
                 f"--metrics={name} measures the equivariance of StyleGAN3 generators; --cfg={c.cfg} has none. "
                 f"Use --cfg=stylegan3-t or stylegan3-r, or drop {name}"
             )
+    if c.stop_patience > 0 and not c.metrics:
+        raise ConfigError(
+            f"--stop-patience={c.stop_patience} stops on the first metric of --metrics, and there is none; add one "
+            f"(--metrics=swd needs no download) or drop --stop-patience"
+        )
     if c.snap_ticks * c.tick_kimg < 1:
         raise ConfigError(
             f"--tick={c.tick_kimg} times --snap={c.snap_ticks} is below 1 kimg; snapshots are named by kimg, so "

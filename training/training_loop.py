@@ -27,7 +27,7 @@ from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
 from training.dataset import ImageFolderDataset, SkipDamaged
 from training.loss import Chunk, Phase, StyleGAN2Loss
-from training.metric_runner import MetricRunner
+from training.metric_runner import BestSnapshot, MetricRunner
 from training.networks_stylegan2 import Discriminator
 from training.run_log import RunLog, grid_shape, save_image_grid
 
@@ -416,6 +416,7 @@ def training_loop(c: TrainingConfig) -> None:
         collector = training_stats.Collector(regex=".*")
         states = StateSchedule(c, t.progress.cur_nimg)
         health = Health(c.run_dir)
+        best = BestSnapshot(c.run_dir, c.metrics[0]) if c.metrics else None  # best-<metric>.pkl, early stopping.
         tick_start_time = time.time()
         maintenance_sec = tick_start_time - start_time
         with preemption.StopRequest() as stop, distributed.naming_stalled_ranks("for the others in training"):
@@ -441,8 +442,16 @@ def training_loop(c: TrainingConfig) -> None:
                         snapshot_pkl = save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
                         health.last_snapshot = snapshot_pkl
                         states.saved(t.progress.cur_nimg)
-                        metric_runner.evaluate(t.ema.module, snapshot_pkl, t.progress.cur_nimg / 1000)
+                        results = metric_runner.evaluate(t.ema.module, snapshot_pkl, t.progress.cur_nimg / 1000)
                         draw_progress(c.run_dir)
+                        if best is not None:
+                            best.update(results[0], snapshot_pkl)
+                            if c.stop_patience and best.since_best >= c.stop_patience:
+                                distributed.print0(
+                                    f"Early stop: {best.metric} has not improved for {best.since_best} evaluations "
+                                    f"({best.describe()})."
+                                )
+                                done = True
                     tick_start_time = time.time()
                     maintenance_sec = tick_start_time - tick_end_time
                 if done:
