@@ -121,6 +121,20 @@ class Outcome:
         return self.returncode == 0
 
 
+def wait_or_kill(proc: subprocess.Popen, limit_sec: float) -> int | None:
+    """Wait up to `limit_sec` for a process started in its own session, then stop it and its children.
+
+    Returns:
+        Its exit status; None when it was stopped at the limit.
+    """
+    try:
+        return proc.wait(timeout=max(limit_sec, 0.1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
 def run_logged(
     check: Check, title: str, cmd: list[str], cwd: Path = ROOT, env: dict | None = None, limit_sec: float = 600
 ) -> Outcome:
@@ -132,12 +146,7 @@ def run_logged(
     start = time.time()
     # A new session, so that a time-out also stops the DataLoader workers and compiler jobs it started.
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        returncode = proc.wait(timeout=max(limit_sec, 1))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        returncode = None
+    returncode = wait_or_kill(proc, max(limit_sec, 1))
     outcome = Outcome(returncode, time.time() - start)
     status = "timed out" if returncode is None else f"exit {returncode}"
     log.write(f"===== {title}: {status} after {outcome.seconds:.0f} s\n")
@@ -160,12 +169,7 @@ def run_logged_parallel(check: Check, commands: dict[str, list[str]], limit_sec:
         procs[title] = (proc, output, cmd)
     returncodes = []
     for title, (proc, output, cmd) in procs.items():
-        try:
-            returncodes.append(proc.wait(timeout=max(start + limit_sec - time.time(), 1)))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            returncodes.append(None)
+        returncodes.append(wait_or_kill(proc, max(start + limit_sec - time.time(), 1)))
         output.seek(0)
         check.log.write(f"\n===== {title}\n$ {' '.join(cmd)}\n{output.read()}===== {title}: exit {returncodes[-1]}\n")
         output.close()
@@ -351,15 +355,6 @@ def workdir(check: Check, name: str) -> Path:
     folder = check.work / name
     folder.mkdir()
     return folder
-
-
-def wait_or_kill(proc: subprocess.Popen, limit_sec: float) -> None:
-    """Wait up to `limit_sec` for a background process, then stop it and its children."""
-    try:
-        proc.wait(timeout=max(limit_sec, 0.1))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def time_run(

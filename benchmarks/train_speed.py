@@ -17,7 +17,6 @@ Examples:
 """
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 
 from dnnlib.util import FiniteFloatRange
 from training.config import PRESETS
+from training.run_log import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_TICKS = 2  # Tick 0 is one step; tick 1 holds the first run of every phase (cuDNN autotuning, builds).
@@ -84,7 +84,7 @@ def read_ticks(outdir: Path) -> list[dict]:
     paths = sorted(outdir.glob("*/stats.jsonl"))
     if not paths:
         return []
-    return [json.loads(line) for line in paths[-1].read_text().splitlines() if line.strip()]
+    return read_jsonl(str(paths[-1]))
 
 
 def summarize(ticks: list[dict]) -> SpeedResult:

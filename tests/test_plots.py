@@ -5,7 +5,7 @@ import json
 import PIL.Image
 from click.testing import CliRunner
 
-from training import plots
+from training import plots, run_log
 
 
 def _tick(kimg: float, **means: float) -> str:
@@ -24,7 +24,7 @@ def test_series_and_panels_from_the_logs(tmp_path):
             for k, v in ((0, 30.0), (4, 12.5))
         )  # fmt: skip
     )
-    ticks = plots.read_jsonl(str(tmp_path / "stats.jsonl"))
+    ticks = run_log.read_jsonl(str(tmp_path / "stats.jsonl"))
     assert len(ticks) == 2
     assert plots.stat_series(ticks, "Loss/D/loss") == ([1.0], [0.5])
     assert plots.metric_series(str(tmp_path)) == {"swd": ([0, 4], [30.0, 12.5])}

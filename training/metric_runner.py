@@ -12,8 +12,7 @@ import torch
 import dnnlib
 import metrics
 from torch_utils import distributed
-from training import plots
-from training.run_log import RunLog
+from training.run_log import RunLog, read_jsonl
 
 
 class MetricRunner:
@@ -70,7 +69,7 @@ class BestSnapshot:
         self.best_snapshot: str | None = None  # The snapshot it came from, as the log names it.
         self.since_best = 0  # Evaluations since the best one.
         log_path = os.path.join(run_dir, f"metric-{metric}.jsonl")
-        for record in plots.read_jsonl(log_path) if os.path.isfile(log_path) else []:
+        for record in read_jsonl(log_path) if os.path.isfile(log_path) else []:
             self._account(next(iter(record["results"].values())), record.get("snapshot_pkl"))
 
     def _account(self, value: float, snapshot: str | None) -> bool:

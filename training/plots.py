@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import click
 
 import dnnlib
+from training.run_log import read_jsonl, snapshot_kimg
 
 # Panel title -> (statistic in stats.jsonl, legend label) of each line it draws.
 STAT_PANELS: dict[str, list[tuple[str, str]]] = {
@@ -28,18 +27,6 @@ STAT_PANELS: dict[str, list[tuple[str, str]]] = {
     "Augmentation probability": [("Progress/augment", "p")],
     "Speed (s/kimg)": [("Timing/sec_per_kimg", "s/kimg")],
 }
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """The complete JSON lines of a file (a last line cut short by an interruption is left out)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def stat_series(ticks: Iterable[dict[str, Any]], name: str) -> tuple[list[float], list[float]]:
@@ -57,12 +44,12 @@ def metric_series(run_dir: str) -> dict[str, tuple[list[float], list[float]]]:
     series: dict[str, tuple[list[float], list[float]]] = {}
     for path in sorted(glob.glob(os.path.join(run_dir, "metric-*.jsonl"))):
         for record in read_jsonl(path):
-            match = re.search(r"network-snapshot-(\d+)\.pkl", str(record.get("snapshot_pkl")))
-            if match is None:
+            kimg = snapshot_kimg(record)
+            if kimg < 0:
                 continue
             for name, value in record.get("results", {}).items():
                 xs, ys = series.setdefault(name, ([], []))
-                xs.append(int(match.group(1)))
+                xs.append(kimg)
                 ys.append(value)
     return series
 

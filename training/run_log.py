@@ -129,7 +129,7 @@ def drop_entries_after(run_dir: str, cur_tick: int, kimg: int) -> list[str]:
     stats_path = os.path.join(run_dir, "stats.jsonl")
     notes += _drop_lines(stats_path, lambda entry: _stats_tick(entry) >= cur_tick, f"ticks >= {cur_tick}")
     for path in sorted(glob.glob(os.path.join(run_dir, "metric-*.jsonl"))):
-        notes += _drop_lines(path, lambda entry: _metric_kimg(entry) > kimg, f"snapshots after {kimg} kimg")
+        notes += _drop_lines(path, lambda entry: snapshot_kimg(entry) > kimg, f"snapshots after {kimg} kimg")
     return notes
 
 
@@ -139,8 +139,20 @@ def _stats_tick(entry: dict) -> float:
     return tick.get("mean", -1) if isinstance(tick, dict) else -1
 
 
-def _metric_kimg(entry: dict) -> int:
-    """The snapshot kimg of a metric-*.jsonl line; -1 (kept) when it names no network-snapshot-KKKKKK.pkl."""
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The entries of a JSON-lines log (stats.jsonl, metric-*.jsonl); a line cut short by a kill is left out."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return entries
+
+
+def snapshot_kimg(entry: dict) -> int:
+    """The snapshot kimg of a metric-*.jsonl line; -1 when it names no network-snapshot-KKKKKK.pkl."""
     match = re.search(r"network-snapshot-(\d+)\.pkl$", str(entry.get("snapshot_pkl") or ""))
     return int(match.group(1)) if match else -1
 
