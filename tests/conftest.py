@@ -1,8 +1,12 @@
 """Test-wide settings."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from click.testing import CliRunner
 
+import dataset_tool
 from training import run_log
 
 # The tests use tiny tensors, where a second intra-op thread only adds contention (and 100x slowdowns when the
@@ -32,3 +36,13 @@ def tensorboard(monkeypatch) -> RecordingTensorBoard:
     writer = RecordingTensorBoard()
     monkeypatch.setattr(run_log, "_open_tensorboard", lambda run_dir: writer)
     return writer
+
+
+@pytest.fixture(scope="session")
+def shapes8(tmp_path_factory) -> Path:
+    """The tiny end-to-end runs' data: a 64-image, 8x8, labelled demo:shapes zip made by dataset_tool.py."""
+    path = tmp_path_factory.mktemp("shapes8") / "shapes8.zip"
+    args = ["--source=demo:shapes", f"--dest={path}", "--resolution=8x8", "--max-images=64", "--workers=1"]
+    result = CliRunner().invoke(dataset_tool.main, args)
+    assert result.exit_code == 0, result.output
+    return path

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import dataset_tool
 import train
 from metrics import registry
 from training.metric_runner import BestSnapshot
@@ -33,12 +32,9 @@ def standin(monkeypatch) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A 32-image 8x8 demo dataset."""
-    path = tmp_path_factory.mktemp("data") / "shapes8.zip"
-    args = ["--source=demo:shapes", f"--dest={path}", "--resolution=8x8", "--max-images=32"]
-    assert CliRunner().invoke(dataset_tool.main, args).exit_code == 0
-    return path
+def data(shapes8: Path) -> Path:
+    """The shared 64-image, 8x8 demo dataset (conftest.py)."""
+    return shapes8
 
 
 def test_best_snapshot_is_replaced_only_on_improvement_and_the_run_stops(tmp_path, data, standin):

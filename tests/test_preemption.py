@@ -23,13 +23,9 @@ TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=ada", "--metrics=none", "--cbase=
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A 64-image, 8x8 demo dataset."""
-    folder = tmp_path_factory.mktemp("data")
-    dest = folder / "shapes8.zip"
-    cmd = [sys.executable, str(ROOT / "dataset_tool.py"), "--source=demo:shapes", f"--dest={dest}"]
-    subprocess.run([*cmd, "--resolution=8x8", "--max-images=64"], check=True, capture_output=True)
-    return dest
+def data(shapes8: Path) -> Path:
+    """The shared 64-image, 8x8 demo dataset (conftest.py)."""
+    return shapes8
 
 
 def start_training(*args: str, cwd: Path) -> subprocess.Popen:

@@ -36,14 +36,9 @@ def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A 64-image, 8x8, labelled demo dataset."""
-    folder = tmp_path_factory.mktemp("data")
-    run_script(
-        "dataset_tool.py", "--source=demo:shapes", f"--dest={folder / 'shapes8.zip'}", "--resolution=8x8",
-        "--max-images=64", cwd=folder,
-    )  # fmt: skip
-    return folder / "shapes8.zip"
+def data(shapes8: Path) -> Path:
+    """The shared 64-image, 8x8 demo dataset (conftest.py)."""
+    return shapes8
 
 
 def run_dirs(outdir: Path) -> list[Path]:
