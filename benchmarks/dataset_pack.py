@@ -138,7 +138,7 @@ def describe(name: str, runs: list[Run]) -> str:
 
 def time_encoders(source: Path, resolution: int, count: int = 100) -> None:
     """Print CPU milliseconds and KiB per image for our encode_png and Pillow's encoder at levels 0, 1, 6 and 9."""
-    import dataset_tool  # The root script; importable when this runs as `python -m benchmarks.dataset_pack`.
+    from training.dataset_tool.png import encode_png  # Imported here: only --encoders needs it.
 
     images = []
     for path in sorted(source.iterdir())[:count]:
@@ -153,7 +153,7 @@ def time_encoders(source: Path, resolution: int, count: int = 100) -> None:
 
     print(f"PNG encoding of {len(images)} images of {resolution}x{resolution}, CPU time per image:")
     print(f"  {'encoder':<10} {'level':>5} {'ms':>6} {'KiB':>7}")
-    for name, encode in [("ours", dataset_tool.encode_png), ("pillow", pillow)]:
+    for name, encode in [("ours", encode_png), ("pillow", pillow)]:
         for level in (0, 1, 6, 9):
             start = time.process_time()
             sizes = [len(encode(image, level)) for image in images]

@@ -1,4 +1,5 @@
-"""Tests for dataset_tool.py: every source, transform and refusal, read back through ImageFolderDataset."""
+"""Tests for dataset_tool.py and training/dataset_tool/: every source, transform and refusal, read back through
+ImageFolderDataset."""
 
 import concurrent.futures
 import gzip
@@ -18,8 +19,20 @@ import pytest
 from click.testing import CliRunner
 from test_dataset import forge_member_size
 
-import dataset_tool  # A root script, importable through pytest's `pythonpath = ["."]`.
+import dataset_tool  # The command line, a root script importable through pytest's `pythonpath = ["."]`.
 from training.dataset import ImageFolderDataset
+from training.dataset_tool.config import ToolConfig, parse_resolution
+from training.dataset_tool.convert import (
+    DEFAULT_COMPRESS_LEVEL,
+    MIN_IMAGES_PER_WORKER,
+    available_cores,
+    finished,
+    in_order,
+    worker_count,
+)
+from training.dataset_tool.png import encode_png, encode_png_fast
+from training.dataset_tool.shapes import SHAPE_CLASSES
+from training.dataset_tool.sources import SourceItem
 
 
 def run_tool(*args: str):
@@ -86,11 +99,11 @@ def out(tmp_path) -> Path:
 
 
 def test_parse_resolution():
-    assert dataset_tool.parse_resolution("256x128") == (256, 128)
-    assert dataset_tool.parse_resolution("64") == (64, 64)
+    assert parse_resolution("256x128") == (256, 128)
+    assert parse_resolution("64") == (64, 64)
     for bad in ("", "abc", "64x", "x64", "0x0", "64*64", "-4x4"):
         with pytest.raises(ValueError):
-            dataset_tool.parse_resolution(bad)
+            parse_resolution(bad)
 
 
 @pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
@@ -280,7 +293,7 @@ def test_demo_shapes_is_deterministic(out):
 
     dataset, small, labels = read_all(out / "a.zip")
     assert dataset.resolution == 32 and dataset.num_channels == 3 and dataset.has_onehot_labels
-    assert all(label.sum() == 1 for label in labels) and dataset.label_dim <= len(dataset_tool.SHAPE_CLASSES)
+    assert all(label.sum() == 1 for label in labels) and dataset.label_dim <= len(SHAPE_CLASSES)
     assert len({image.tobytes() for image in small}) == 8  # Every image differs.
 
     run_ok("--source", "demo:shapes", "--dest", out / "c.zip", "--max-images", 8)  # Default size: 64x64.
@@ -508,7 +521,7 @@ def test_failure_midway_leaves_nothing(tmp_path, out, monkeypatch):
     src = tmp_path / "src"
     for i in range(4):
         save_image(src / f"{i}.png", random_pixels(4, 4, 3, seed=i))
-    real_encode = dataset_tool.encode_png
+    real_encode = encode_png
     calls = []
 
     def interrupted(image, compress_level):
@@ -517,7 +530,7 @@ def test_failure_midway_leaves_nothing(tmp_path, out, monkeypatch):
             raise KeyboardInterrupt
         return real_encode(image, compress_level)
 
-    monkeypatch.setattr(dataset_tool, "encode_png", interrupted)
+    monkeypatch.setattr("training.dataset_tool.convert.encode_png", interrupted)  # Where convert_image finds it.
     for dest in (out / "new" / "deeper" / "d.zip", out / "d"):
         calls.clear()
         result = run_tool("--source", src, "--dest", dest)
@@ -541,7 +554,7 @@ def make_folder(src: Path, count: int, size: int = 8, labelled: bool = True) -> 
 
 def test_output_is_identical_for_any_worker_count(tmp_path, out):
     src = tmp_path / "src"
-    count = 2 * dataset_tool.MIN_IMAGES_PER_WORKER + 6
+    count = 2 * MIN_IMAGES_PER_WORKER + 6
     make_folder(src, count, size=16, labelled=False)
     (src / "040-bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # Skipped, in order, by either path.
     names = sorted(path.name for path in src.iterdir())
@@ -577,7 +590,7 @@ def test_output_is_identical_for_any_worker_count(tmp_path, out):
 
 def test_worker_errors_reach_the_user_and_leave_nothing(tmp_path, out):
     src = tmp_path / "src"
-    make_folder(src, 2 * dataset_tool.MIN_IMAGES_PER_WORKER, labelled=False)
+    make_folder(src, 2 * MIN_IMAGES_PER_WORKER, labelled=False)
     save_image(src / "050-alpha.png", np.zeros((8, 8, 4), dtype=np.uint8))  # Refused in a worker process.
     run_fails("--source", src, "--dest", out / "d.zip", "--workers", 2, match=["050-alpha.png", "alpha", "--channels"])
     (src / "050-alpha.png").write_bytes(b"not a png")
@@ -586,12 +599,12 @@ def test_worker_errors_reach_the_user_and_leave_nothing(tmp_path, out):
 
 
 def test_small_sources_convert_in_this_process():
-    cfg = dataset_tool.ToolConfig("x", "y.zip", None, None, None, None, False, False, False, workers=8)
-    assert dataset_tool.worker_count(cfg, num_images=10) == 1
-    assert dataset_tool.worker_count(cfg, num_images=2 * dataset_tool.MIN_IMAGES_PER_WORKER) == 2
-    assert dataset_tool.worker_count(cfg, num_images=10**6) == 8
-    default = dataset_tool.ToolConfig("x", "y.zip", None, None, None, None, False, False, False)
-    assert dataset_tool.worker_count(default, num_images=10**6) == dataset_tool.available_cores()
+    cfg = ToolConfig("x", "y.zip", None, None, None, None, False, False, False, workers=8)
+    assert worker_count(cfg, num_images=10) == 1
+    assert worker_count(cfg, num_images=2 * MIN_IMAGES_PER_WORKER) == 2
+    assert worker_count(cfg, num_images=10**6) == 8
+    default = ToolConfig("x", "y.zip", None, None, None, None, False, False, False)
+    assert worker_count(default, num_images=10**6) == available_cores()
 
 
 @pytest.mark.parametrize("level", [0, 1, 9])
@@ -618,7 +631,7 @@ def test_compress_level_is_lossless(tmp_path, out, level):
 @pytest.mark.parametrize("shape", [(5, 3), (7, 4, 3), (1, 1), (2, 9, 3)], ids=["gray", "rgb", "gray-1px", "rgb-row"])
 def test_fast_png_encoder_decodes_exactly_with_pillow_and_pyspng(shape, level):
     pixels = np.random.default_rng(level).integers(0, 256, size=shape, dtype=np.uint8)
-    data = dataset_tool.encode_png_fast(pixels, level)
+    data = encode_png_fast(pixels, level)
     with PIL.Image.open(io.BytesIO(data)) as image:
         assert image.mode == ("L" if len(shape) == 2 else "RGB")
         np.testing.assert_array_equal(np.asarray(image), pixels)
@@ -630,7 +643,7 @@ def test_default_compress_level(tmp_path, out):
     src = tmp_path / "src"
     make_folder(src, 3)
     run_ok("--source", src, "--dest", out / "default.zip")
-    run_ok("--source", src, "--dest", out / "explicit.zip", "--compress-level", dataset_tool.DEFAULT_COMPRESS_LEVEL)
+    run_ok("--source", src, "--dest", out / "explicit.zip", "--compress-level", DEFAULT_COMPRESS_LEVEL)
     assert (out / "default.zip").read_bytes() == (out / "explicit.zip").read_bytes()
 
 
@@ -657,10 +670,10 @@ def test_in_flight_window_is_bounded_and_ordered():
         nonlocal most_in_flight
         started.append(item.name)
         most_in_flight = max(most_in_flight, len(started) - len(consumed))
-        return dataset_tool.finished(item.name * 10)
+        return finished(item.name * 10)
 
-    items = (dataset_tool.SourceItem(i, None, None) for i in range(50))  # Lazy: read only as the window allows.
-    for item, future in dataset_tool.in_order(items, start, window=3):
+    items = (SourceItem(i, None, None) for i in range(50))  # Lazy: read only as the window allows.
+    for item, future in in_order(items, start, window=3):
         assert future.result() == item.name * 10
         consumed.append(item.name)
         assert len(started) - len(consumed) <= 2  # The consumer is never more than the window behind.
@@ -672,7 +685,7 @@ def test_in_flight_window_is_bounded_and_ordered():
         pending.append(concurrent.futures.Future())
         return pending[-1]
 
-    window = dataset_tool.in_order((dataset_tool.SourceItem(i, None, None) for i in range(50)), start_pending, 4)
+    window = in_order((SourceItem(i, None, None) for i in range(50)), start_pending, 4)
     first_item, _ = next(window)
     assert first_item.name == 0 and len(pending) == 4
     window.close()  # A consumer that stops early (--max-images, an error) cancels the queued work.
