@@ -17,16 +17,28 @@ import metrics
 from dnnlib.util import FiniteFloatRange
 from torch_utils import distributed
 from training import checkpoint, preemption, training_loop
-from training.config import FIXED_WHEN_CONTINUING, PRESETS, ConfigError, TrainingConfig, validate
+from training.config import (
+    FIXED_WHEN_CONTINUING,
+    PRESETS,
+    ConfigError,
+    TrainingConfig,
+    batch_advice,
+    gamma_advice,
+    recommended_gamma,
+    validate,
+)
 from training.dataset import DatasetError, ImageFolderDataset
 
 
-def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> TrainingConfig:
+def build_config(
+    opts: dnnlib.EasyDict, given: set[str] = frozenset(), dataset_info: dict | None = None
+) -> TrainingConfig:
     """Turn the command-line options into a validated TrainingConfig; bad input raises click.ClickException.
 
     Args:
-        opts:  The parsed options.
-        given: Names of the options the user typed (the others have their defaults).
+        opts:         The parsed options.
+        given:        Names of the options the user typed (the others have their defaults).
+        dataset_info: `inspect_dataset(opts.data, opts.cond)` when the caller has it already.
     """
     preset = PRESETS[opts.cfg]
     if "p" in given and opts.aug != "fixed":
@@ -42,6 +54,12 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
     if not distributed.under_torchrun() and torch.cuda.is_available() and gpus > torch.cuda.device_count():
         raise click.ClickException(f"--gpus={gpus} but this machine has {torch.cuda.device_count()} CUDA devices")
 
+    if dataset_info is None:
+        dataset_info = inspect_dataset(opts.data, use_labels=opts.cond)
+    gamma = opts.gamma
+    if gamma == "auto":  # Rounded to 4 digits: the value the run directory's name shows.
+        gamma = float(f"{recommended_gamma(opts.cfg, dataset_info['resolution'], opts.batch)[0]:.4g}")
+
     mult = preset.G_channel_mult
     G_kwargs = dict(channel_base=opts.cbase * mult, channel_max=opts.cmax * mult, **preset.G_kwargs)
     if preset.magnitude_ema:
@@ -56,7 +74,8 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         workers=opts.workers,
         gpus=gpus,
         batch_size=opts.batch,
-        batch_gpu=opts.batch_gpu or opts.batch // gpus,
+        batch_gpu=opts.batch // gpus if opts.batch_gpu in (None, "auto") else opts.batch_gpu,
+        batch_gpu_auto=opts.batch_gpu == "auto",
         cbase=opts.cbase,
         cmax=opts.cmax,
         map_depth=opts.map_depth or preset.map_depth,
@@ -64,7 +83,8 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         fp32=opts.fp32,
         glr=preset.glr if opts.glr is None else opts.glr,
         dlr=opts.dlr,
-        gamma=opts.gamma,
+        gamma=gamma,
+        gamma_auto=opts.gamma == "auto",
         style_mixing_prob=preset.style_mixing_prob,
         pl_weight=preset.pl_weight,
         G_reg_interval=preset.G_reg_interval,
@@ -94,7 +114,6 @@ def build_config(opts: dnnlib.EasyDict, given: set[str] = frozenset()) -> Traini
         # Fine-tuning from a snapshot's weights (the published recipe): ADA reacts 5x faster, the EMA half-life
         # does not ramp up, and StyleGAN3-R's blur starts off.
         c = dataclasses.replace(c, ada_kimg=100, ema_rampup=None, blur_init_sigma=0.0)
-    dataset_info = inspect_dataset(c.data, use_labels=c.cond)
     try:
         validate(c, dataset_info)
     except ConfigError as error:
@@ -216,6 +235,8 @@ def changed_options(c: TrainingConfig, run_dir: str) -> str:
     except (OSError, ValueError, TypeError):
         return ""
     changed = [name for name in FIXED_WHEN_CONTINUING if getattr(saved, name) != getattr(c, name)]
+    if saved.batch_gpu_auto and c.batch_gpu_auto:  # The run chose batch_gpu itself; its training state keeps it.
+        changed = [name for name in changed if name != "batch_gpu"]
     return ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(c, name)!r}" for name in changed)
 
 
@@ -275,6 +296,24 @@ def check_state(c: TrainingConfig, dataset_info: dict) -> None:
         )
 
 
+class GammaParam(FiniteFloatRange):
+    """--gamma: a finite number in range, or 'auto'."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+
+class BatchGpuParam(click.IntRange):
+    """--batch-gpu: an integer in range, or 'auto'."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+
 def print_config(c: TrainingConfig) -> None:
     """Print the configuration and where the run will go (rank 0)."""
     distributed.print0()
@@ -286,7 +325,10 @@ def print_config(c: TrainingConfig) -> None:
     else:
         distributed.print0(f"Output directory:    {training_loop.next_run_dir(c)}")
     distributed.print0(f"Number of GPUs:      {c.gpus}")
-    distributed.print0(f"Batch size:          {c.batch_size} images ({c.batch_gpu} per GPU x {c.rounds} rounds)")
+    split = f"{c.batch_gpu} per GPU x {c.rounds} rounds"
+    if c.batch_gpu_auto:
+        split = f"--batch-gpu=auto: at most {c.batch_gpu} per GPU, chosen at the start"
+    distributed.print0(f"Batch size:          {c.batch_size} images ({split})")
     distributed.print0(f"Training duration:   {c.total_kimg:g} kimg")
     distributed.print0(f"Dataset path:        {c.data}")
     distributed.print0(f"Conditional model:   {c.cond}")
@@ -295,6 +337,17 @@ def print_config(c: TrainingConfig) -> None:
     if c.metrics and not torch.cuda.is_available():
         distributed.print0("Note: no GPU, so each snapshot's metrics will take long; --metrics=none skips them.")
     distributed.print0()
+
+
+def print_advice(c: TrainingConfig, resolution: int) -> None:
+    """Say what --gamma=auto chose, and warn (rank 0, once) where --gamma or --batch departs from the published
+    recipes' rules of thumb."""
+    if c.gamma_auto:
+        rule = recommended_gamma(c.cfg, resolution, c.batch_size)[1]
+        distributed.print0(f"--gamma=auto: {c.gamma:g}, from {rule} at {resolution}x{resolution}.")
+    for advice in (gamma_advice(c.cfg, c.gamma, resolution, c.batch_size), batch_advice(c.batch_size)):
+        if advice is not None:
+            distributed.print0(f"Advice: {advice}.")
 
 
 def launch(c: TrainingConfig) -> None:
@@ -332,7 +385,13 @@ def train_process(c: TrainingConfig) -> None:
 @click.option("--data", metavar="[ZIP|DIR]", required=True, help="Training data, made by dataset_tool.py.")
 @click.option("--gpus", metavar="INT", type=click.IntRange(min=1), required=True, help="Number of GPUs (processes).")
 @click.option("--batch", metavar="INT", type=click.IntRange(min=1), required=True, help="Total batch size.")
-@click.option("--gamma", metavar="FLOAT", type=FiniteFloatRange(min=0), required=True, help="R1 regularization weight.")
+@click.option(
+    "--gamma",
+    metavar="FLOAT|auto",
+    type=GammaParam(min=0),
+    required=True,
+    help="R1 regularization weight; auto: the published rule of thumb for the resolution (docs/training.md).",
+)
 # Optional features.
 @click.option("--cond", metavar="BOOL", type=bool, default=False, show_default=True, help="Train a conditional model.")
 @click.option("--mirror", metavar="BOOL", type=bool, default=False, show_default=True, help="Enable dataset x-flips.")
@@ -376,7 +435,10 @@ def train_process(c: TrainingConfig) -> None:
     help="Target value for --aug=ada.",
 )
 @click.option(
-    "--batch-gpu", metavar="INT", type=click.IntRange(min=1), help="Limit batch size per GPU  [default: batch/gpus]."
+    "--batch-gpu",
+    metavar="INT|auto",
+    type=BatchGpuParam(min=1),
+    help="Limit batch size per GPU; auto: the largest that fits, halved on out-of-memory  [default: batch/gpus].",
 )
 @click.option(
     "--cbase", metavar="INT", type=click.IntRange(min=1), default=32768, show_default=True, help="Capacity multiplier."
@@ -516,8 +578,10 @@ def main(**kwargs) -> None:
     opts = dnnlib.EasyDict(kwargs)
     context = click.get_current_context()
     given = {name for name in kwargs if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    config = build_config(opts, given)
+    dataset_info = inspect_dataset(opts.data, use_labels=opts.cond)
+    config = build_config(opts, given, dataset_info)
     print_config(config)
+    print_advice(config, dataset_info["resolution"])
     if opts.dry_run:
         distributed.print0("Dry run; exiting.")
         return

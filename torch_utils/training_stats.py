@@ -45,12 +45,26 @@ class StatsRecorder:
         """Every name reported so far in this process."""
         return list(self._moments)
 
+    def snapshot(self) -> dict[str, dict[torch.device, torch.Tensor]]:
+        """A copy of every cumulative moment, for `restore` (on the moments' devices: no synchronization)."""
+        return _copy_moments(self._moments)
+
+    def restore(self, saved: dict[str, dict[torch.device, torch.Tensor]]) -> None:
+        """Forget every report made since `saved = snapshot()`: a computation that failed and is redone is counted
+        once (--batch-gpu=auto after running out of memory)."""
+        self._moments = _copy_moments(saved)
+
     def cumulative(self, name: str) -> torch.Tensor:
         """The cumulative [count, sum, sum of squares] of `name` on the CPU (zeros if never reported)."""
         total = torch.zeros(_NUM_MOMENTS, dtype=torch.float64)
         for moments in self._moments.get(name, {}).values():
             total += moments.cpu()
         return total
+
+
+def _copy_moments(moments: dict[str, dict[torch.device, torch.Tensor]]) -> dict[str, dict[torch.device, torch.Tensor]]:
+    """A copy of a recorder's moments, tensor by tensor."""
+    return {name: {device: m.clone() for device, m in per_device.items()} for name, per_device in moments.items()}
 
 
 # The recorder that `report` writes to. A single instance is what lets the loss report without being handed

@@ -81,10 +81,59 @@ PRESETS: dict[str, Preset] = {
     ),  # fmt: skip
 }
 
+# ----------------------------------------------------------------------------
+# The published recipes' rules of thumb for the R1 weight and the batch (the StyleGAN3 training-configurations
+# guide and StyleGAN2-ADA's automatic configuration), for --gamma=auto and the start-up advice.
+
+RECIPE_BATCH = 32  # The batch of every published StyleGAN3 and CREPS recipe (tuned for 8 GPUs).
+GAMMA_FAR_FACTOR = 5  # Warn when --gamma is more than this factor from the rule: over one resolution doubling.
+
+
+def recommended_gamma(cfg: str, resolution: int, batch: int) -> tuple[float, str]:
+    """The R1 weight the published rule of thumb gives, and the rule in words.
+
+    It grows with the square of the resolution. StyleGAN3 and CREPS: the guide's table gives 0.5 at 128x128, 2 at
+    256x256, 8 at 512x512 and 32 at 1024x1024 (batch 32, the same for -T and -R), i.e. resolution**2 / 32768.
+    StyleGAN2 needs considerably less: StyleGAN2-ADA's automatic configuration uses 0.0002 * resolution**2 / batch.
+    """
+    if cfg == "stylegan2":
+        return 0.0002 * resolution**2 / batch, "StyleGAN2-ADA's rule 0.0002 * resolution^2 / batch"
+    return resolution**2 / 32768, "the StyleGAN3 guide's rule resolution^2 / 32768 (2 at 256x256)"
+
+
+def gamma_advice(cfg: str, gamma: float, resolution: int, batch: int) -> str | None:
+    """A warning when `gamma` is far from the rule of thumb for this resolution and config, else None."""
+    rule, how = recommended_gamma(cfg, resolution, batch)
+    if gamma == 0:
+        return f"--gamma=0 turns R1 regularization off; {how} gives {rule:.4g} at {resolution}x{resolution}"
+    if max(gamma / rule, rule / gamma) <= GAMMA_FAR_FACTOR:
+        return None
+    side = "above" if gamma > rule else "below"
+    return (
+        f"--gamma={gamma:g} is {max(gamma / rule, rule / gamma):.0f}x {side} {how}, which gives {rule:.4g} at "
+        f"{resolution}x{resolution}; fine if deliberate (fine-tuning often uses less R1), else try --gamma=auto"
+    )
+
+
+def batch_advice(batch: int) -> str | None:
+    """The guide's advice when --batch differs from the published recipes' batch, else None."""
+    if batch == RECIPE_BATCH:
+        return None
+    if batch < RECIPE_BATCH:
+        return (
+            f"--batch={batch} is smaller than the published recipes' {RECIPE_BATCH}; the training guide advises a "
+            f"larger --gamma and/or a lower learning rate, most importantly --dlr"
+        )
+    return (
+        f"--batch={batch} is larger than the published recipes' {RECIPE_BATCH}; the training guide warns that "
+        f"changing --batch needs experimenting with --gamma and the learning rates"
+    )
+
+
 # Options that change what is computed. Continuing a run in place (--resume=RUN_DIR / latest) must keep them.
 FIXED_WHEN_CONTINUING = (
     "cfg", "data", "cond", "mirror", "gpus", "batch_size", "batch_gpu", "gamma", "cbase", "cmax", "map_depth",
-    "mbstd_group", "glr", "dlr", "fp32", "seed", "aug", "p", "target", "freezed",
+    "mbstd_group", "glr", "dlr", "fp32", "seed", "aug", "p", "target", "freezed", "batch_gpu_auto",
 )  # fmt: skip
 
 
@@ -108,6 +157,10 @@ class TrainingConfig:
     gpus: int = 1  # Number of processes (one per GPU), across all machines.
     batch_size: int = 32  # Total batch over all processes, in images per step.
     batch_gpu: int = 32  # Images per process per accumulation round; batch_size / gpus when not given.
+    # --batch-gpu=auto: batch_gpu is at most batch_size / gpus; before the first step the run sets it to the largest
+    # candidate (batch_gpu_candidates) that a memory probe finds fitting, and halves it after running out of memory.
+    # training_options.json then holds the value in effect, and the training state keeps it for continuing.
+    batch_gpu_auto: bool = False
 
     # Networks.
     z_dim: int = 512  # Latent size.
@@ -125,6 +178,7 @@ class TrainingConfig:
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas for both networks.
     eps: float = 1e-8  # Adam epsilon.
     gamma: float = 10.0  # R1 regularization weight.
+    gamma_auto: bool = False  # gamma came from --gamma=auto (recommended_gamma).
     style_mixing_prob: float = 0.9  # Probability of mixing two latents in a generated sample.
     pl_weight: float = 2.0  # Path length regularization weight; 0 disables it.
     pl_batch_shrink: int = 2  # Path length regularization runs on batch / pl_batch_shrink samples.
@@ -195,6 +249,12 @@ class TrainingConfig:
             return cls.from_dict(json.load(f))
 
 
+def batch_gpu_candidates(per_gpu: int, mbstd_group: int) -> list[int]:
+    """The per-GPU batches --batch-gpu=auto may use, largest first: the divisors of `per_gpu` (the images of one
+    process per step) that are multiples of `mbstd_group` (D's minibatch-std groups must not straddle rounds)."""
+    return [b for b in range(per_gpu, 0, -1) if per_gpu % b == 0 and b % mbstd_group == 0]
+
+
 class ConfigError(ValueError):
     """A combination of options that cannot train; the message names the options and the fix."""
 
@@ -233,6 +293,11 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
         raise ConfigError(f"--cfg={c.cfg} is not supported; choose one of: {', '.join(PRESETS)}")
     if c.batch_size % c.gpus != 0:
         raise ConfigError(f"--batch={c.batch_size} must be a multiple of --gpus={c.gpus}")
+    if c.batch_gpu_auto and not batch_gpu_candidates(c.batch_size // c.gpus, c.mbstd_group):
+        raise ConfigError(
+            f"--batch-gpu=auto chooses a divisor of --batch / --gpus = {c.batch_size // c.gpus} that is a multiple "
+            f"of --mbstd-group={c.mbstd_group}, and there is none; change --batch, --gpus or --mbstd-group"
+        )
     if c.batch_gpu < 1 or c.batch_size % (c.batch_gpu * c.gpus) != 0:
         raise ConfigError(
             f"--batch={c.batch_size} must be a multiple of --batch-gpu={c.batch_gpu} times --gpus={c.gpus}"

@@ -121,6 +121,7 @@ class StyleGAN2Loss:
         self.pl_mean = torch.zeros([], device=device)
         # Signs of D's outputs on reals since the last ADA update: [sum, count], read by take_real_sign_mean().
         self._real_signs = torch.zeros([2], dtype=torch.float64, device=device)
+        self._pl_reduced = False  # Whether this phase's path length all-reduce has run (see join_collectives).
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate images [N, C, H, W] and return them with their ws [N, num_ws, w_dim], with style mixing.
@@ -173,7 +174,8 @@ class StyleGAN2Loss:
         self.blur_sigma = fade * self.blur_init_sigma
         # G's tracked statistics advance once per phase, from this rank's first chunk, whatever the chunk count.
         tracks = phase.network == self.G_stats_network
-        with_pl = phase.network == "G" and phase.has_reg and self.pl_weight > 0
+        with_pl = self._has_pl(phase)
+        self._pl_reduced = False
         pl_target = None
         if with_pl and num_chunks > 1:
             # Every chunk's penalty needs the mean over all of the step's lengths before its backward pass.
@@ -193,6 +195,29 @@ class StyleGAN2Loss:
                     fake_loss = self._accumulate_D_fake(chunk, gain, update_emas=tracks and first)
                 r1 = phase.has_reg and self.r1_gamma > 0
                 self._accumulate_D_real(chunk, gain, fake_loss=fake_loss, main=phase.has_main, r1=r1)
+
+    def _has_pl(self, phase: Phase) -> bool:
+        """Whether `phase` computes the path length penalty, whose accumulation makes one all-reduce."""
+        return phase.network == "G" and phase.has_reg and self.pl_weight > 0
+
+    def join_collectives(self, phase: Phase) -> None:
+        """After `accumulate_gradients(phase)` stopped early on this rank (out of memory): make the collective calls
+        it had still to make, adding nothing, so the other ranks' accumulation completes and every rank can then
+        agree to redo the phase (--batch-gpu=auto). A no-op with one process."""
+        if distributed.is_distributed() and self._has_pl(phase) and not self._pl_reduced:
+            nothing = torch.zeros([2], dtype=torch.float64, device=self.pl_mean.device)  # [sum, count]
+            torch.distributed.all_reduce(nothing)
+            self._pl_reduced = True
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the state a phase changes (the path length mean, the pending signs), on its device, for
+        `restore`: a failed phase is undone without a device synchronization."""
+        return {"pl_mean": self.pl_mean.clone(), "real_signs": self._real_signs.clone()}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        """Put back what `snapshot` copied."""
+        self.pl_mean.copy_(saved["pl_mean"])
+        self._real_signs.copy_(saved["real_signs"])
 
     def _accumulate_G_main(self, chunk: Chunk, gain: float, update_emas: bool) -> None:
         """Non-saturating generator loss: softplus(-D(G(z)))."""
@@ -240,6 +265,7 @@ class StyleGAN2Loss:
         totals = local.clone()
         if distributed.is_distributed():
             torch.distributed.all_reduce(totals)
+        self._pl_reduced = True
         mean_length = totals[0] / totals[1]
         pl_mean = self.pl_mean.double().lerp(mean_length, self.pl_decay)
         coefficient = -2 * self.pl_decay * (mean_length - pl_mean)

@@ -22,7 +22,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed, misc, training_stats
-from training import checkpoint, plots, preemption
+from training import batch_memory, checkpoint, plots, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
 from training.dataset import ImageFolderDataset, SkipDamaged
@@ -111,14 +111,15 @@ class Trainer:
     progress: Progress
     augment_pipe: AugmentPipe | None  # None with --aug=noaug.
     ada: AdaController | None  # None unless --aug=ada.
+    batch_gpu: int  # Images per round in effect: --batch-gpu, or what --batch-gpu=auto chose and lowered since.
 
     def state_dict(self) -> dict:
-        """Networks, optimizers, loss state, augmentation probability and counters."""
+        """Networks, optimizers, loss state, augmentation probability, counters and the batch_gpu in effect."""
         optimizers = {runner.phase.network: runner.opt for runner in self.phases}
         state = {
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.ema.state_dict(),
             "G_opt": optimizers["G"].state_dict(), "D_opt": optimizers["D"].state_dict(),
-            "loss": self.loss.state_dict(), "progress": self.progress.state_dict(),
+            "loss": self.loss.state_dict(), "progress": self.progress.state_dict(), "batch_gpu": self.batch_gpu,
         }  # fmt: skip
         if self.augment_pipe is not None:
             state["augment_pipe"] = self.augment_pipe.state_dict()
@@ -136,6 +137,7 @@ class Trainer:
         optimizers["D"].load_state_dict(state["D_opt"])
         self.loss.load_state_dict(state["loss"])
         self.progress.load_state_dict(state["progress"])
+        self.batch_gpu = int(state.get("batch_gpu", self.batch_gpu))  # States before --batch-gpu=auto lack it.
         if self.augment_pipe is not None:
             self.augment_pipe.load_state_dict(state["augment_pipe"])
         if self.ada is not None:
@@ -203,7 +205,7 @@ def build_trainer(c: TrainingConfig, dataset: ImageFolderDataset, device: torch.
     augment_pipe, ada = build_augmentation(c, device)
     loss = build_loss(c, G, D, augment_pipe)
     ema = GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup)
-    return Trainer(G, D, ema, build_phases(c, G, D), loss, Progress(), augment_pipe, ada)
+    return Trainer(G, D, ema, build_phases(c, G, D), loss, Progress(), augment_pipe, ada, c.batch_gpu)
 
 
 def build_phases(c: TrainingConfig, G: torch.nn.Module, D: Discriminator) -> list[PhaseRunner]:
@@ -322,33 +324,83 @@ def run_phase(
     z_dim: int,
     c: TrainingConfig,
     progress: Progress,
-) -> None:
+    split: int = 1,
+) -> bool:
     """Accumulate one phase's gradients over this rank's rounds, reduce them over ranks and take the step.
 
     Args:
         phase_index: The runner's index in the step's phase list, part of every chunk's seed.
         reals:       This rank's rounds of real images [batch_gpu, C, H, W] and labels [batch_gpu, c_dim].
         labels:      Every label of the dataset [num_images, c_dim], from which generated labels are drawn.
+        split:       Into how many consecutive rounds each of this rank's blocks of the data was split: 1, except in
+                     the step in which --batch-gpu=auto lowered batch_gpu (`lower_batch_gpu`). Chunks are numbered
+                     in the order of the data, so each seed goes with the images it has in a run that used the lower
+                     batch_gpu from the start.
+
+    Returns:
+        True. False only with --batch-gpu=auto when some rank ran out of memory: then on every rank nothing has
+        changed (see batch_memory.accumulate_or_undo), and the phase can be run again with smaller rounds.
     """
     rank, world = distributed.get_rank(), distributed.get_world_size()
+    batch_gpu = len(reals[0][0])
 
     def make_chunk(round_index: int) -> Chunk:
         """Round `round_index` of this rank, after reseeding torch for it: remaking it repeats every draw."""
         real_img, real_c = reals[round_index]
-        torch.manual_seed(chunk_seed(c.seed, progress.step, phase_index, round_index * world + rank))
-        gen_z = torch.randn([c.batch_gpu, z_dim], device=real_img.device)
-        gen_c = labels[torch.randint(len(labels), [c.batch_gpu], device=labels.device)]
+        block, part = divmod(round_index, split)
+        chunk = (block * world + rank) * split + part  # round_index * world + rank when split is 1.
+        torch.manual_seed(chunk_seed(c.seed, progress.step, phase_index, chunk))
+        gen_z = torch.randn([batch_gpu, z_dim], device=real_img.device)
+        gen_c = labels[torch.randint(len(labels), [batch_gpu], device=labels.device)]
         return Chunk(real_img, real_c, gen_z, gen_c)
 
     for param in runner.params:
         param.requires_grad_(True)
     runner.opt.zero_grad(set_to_none=True)
-    gain = runner.interval * c.batch_gpu / c.batch_size  # The chunks' mean losses add up to the batch mean.
-    loss.accumulate_gradients(runner.phase, make_chunk, len(reals), gain=gain, cur_nimg=progress.cur_nimg)
-    reduce_gradients(runner.module, runner.phase.network)
-    runner.opt.step()
+    gain = runner.interval * batch_gpu / c.batch_size  # The chunks' mean losses add up to the batch mean.
+    accumulated = True
+    if c.batch_gpu_auto:
+        accumulated = batch_memory.accumulate_or_undo(
+            loss, runner.phase, make_chunk, len(reals), gain, progress.cur_nimg, progress.step, batch_gpu
+        )
+    else:
+        loss.accumulate_gradients(runner.phase, make_chunk, len(reals), gain=gain, cur_nimg=progress.cur_nimg)
+    if accumulated:
+        reduce_gradients(runner.module, runner.phase.network)
+        runner.opt.step()
+    else:
+        runner.opt.zero_grad(set_to_none=True)
     for param in runner.params:
         param.requires_grad_(False)
+    return accumulated
+
+
+def lower_batch_gpu(
+    t: Trainer, c: TrainingConfig, phase: Phase, reals: list[tuple[torch.Tensor, torch.Tensor]], split: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+    """After `phase` ran out of memory with --batch-gpu=auto: lower `t.batch_gpu` for the rest of the run (halve it,
+    see batch_memory.smaller_batch_gpu) and split this step's rounds to it. Returns the rounds and their `split`.
+
+    Raises:
+        TrainingStopped: batch_gpu is already the smallest that --mbstd-group allows.
+    """
+    old = len(reals[0][0])
+    new = batch_memory.smaller_batch_gpu(old, c.mbstd_group)
+    where = f"{phase.value} at kimg {t.progress.cur_nimg / 1000:g}"
+    if new is None:
+        raise TrainingStopped(
+            f"out of memory in {where} with --batch-gpu=auto at {old} per GPU, the least that --mbstd-group="
+            f"{c.mbstd_group} allows. Lower --mbstd-group, make the networks smaller (--cbase, --cmax) or use GPUs "
+            f"with more memory"
+        )
+    t.batch_gpu = new
+    reals = [part for img, img_c in reals for part in zip(img.split(new), img_c.split(new), strict=True)]
+    rounds = c.batch_size // (new * c.gpus)
+    distributed.print0(
+        f"--batch-gpu=auto: out of memory in {where} with {old} per GPU; {new} per GPU x {rounds} rounds from now on, "
+        f"and {phase.value} is redone on the same images."
+    )
+    return reals, split * (old // new)
 
 
 # ----------------------------------------------------------------------------
@@ -358,13 +410,19 @@ def run_phase(
 def train_step(t: Trainer, c: TrainingConfig, reals: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor):
     """One step: every phase due at this step, the ADA update, G's moving average, then the counters.
 
+    With --batch-gpu=auto, a phase that ran out of memory on some rank is redone on every rank with the step's rounds
+    split to a lower batch_gpu, which `t.batch_gpu` keeps for the rest of the run: no step is lost, and the batch and
+    its loss are the same.
+
     Args:
         reals:  This rank's rounds of real images [batch_gpu, C, H, W] and labels [batch_gpu, c_dim].
         labels: Every label of the dataset [num_images, c_dim], from which generated labels are drawn.
     """
+    split = 1
     for phase_index, runner in enumerate(t.phases):
         if t.progress.step % runner.interval == 0:
-            run_phase(runner, phase_index, t.loss, reals, labels, t.G.z_dim, c, t.progress)
+            while not run_phase(runner, phase_index, t.loss, reals, labels, t.G.z_dim, c, t.progress, split):
+                reals, split = lower_batch_gpu(t, c, runner.phase, reals, split)
     if t.ada is not None and t.progress.step % t.ada.interval == 0:
         t.ada.update(t.loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
     t.ema.update(t.G, t.progress.cur_nimg, c.batch_size)
@@ -373,7 +431,8 @@ def train_step(t: Trainer, c: TrainingConfig, reals: list[tuple[torch.Tensor, to
 
 
 class TrainingStopped(Exception):
-    """Training cannot usefully go on (it diverged); the message says what happened and how to go on."""
+    """Training cannot usefully go on (it diverged, or nothing fits in memory); the message says what happened and
+    how to go on."""
 
 
 NONFINITE_LOSS_TICKS = 2  # Stop when G's or D's mean loss is non-finite in this many consecutive ticks.
@@ -402,6 +461,10 @@ def training_loop(c: TrainingConfig) -> None:
 
     log = RunLog(c.run_dir) if distributed.is_main() else None
     try:
+        if c.batch_gpu_auto:
+            image_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
+            c = settle_batch_gpu(c, t, continuing, labels, image_shape)
+        t.batch_gpu = c.batch_gpu
         grid = SnapshotGrid(c, dataset, device)
         metric_runner = MetricRunner(
             c.metrics, training_set_kwargs(c), c.run_dir, device, c.detector_dir, c.workers, log
@@ -422,6 +485,10 @@ def training_loop(c: TrainingConfig) -> None:
         with preemption.StopRequest() as stop, distributed.naming_stalled_ranks("for the others in training"):
             while True:
                 train_step(t, c, [next(data) for _ in range(c.rounds)], labels)
+                if t.batch_gpu != c.batch_gpu:  # --batch-gpu=auto lowered it: record it, read rounds of its size.
+                    c = adopt_batch_gpu(c, t.batch_gpu)
+                    data.close()
+                    data = make_data_iterator(c, dataset, t.progress.cur_nimg, device)
 
                 done = t.progress.cur_nimg >= c.total_kimg * 1000
                 tick_end_nimg = t.progress.tick_start_nimg + c.tick_kimg * 1000
@@ -635,6 +702,7 @@ def report_tick(
         ("gpumem", training_stats.report0("Resources/peak_gpu_mem_gb", gpu_mem_gb), "{:<6.2f}"),
         ("augment", training_stats.report0("Progress/augment", t.augment_p), "{:.3f}"),
     ]
+    training_stats.report0("Progress/batch_gpu", c.batch_gpu)  # In stats.jsonl: when --batch-gpu=auto lowered it.
     # Shown only when they happen, so a healthy run's line stays as the published one.
     fields += [(name, count, "{:d}") for name, count in counts.items() if count]
     distributed.print0("  ".join(f"{name} {fmt.format(value)}" for name, value, fmt in fields))
@@ -826,9 +894,7 @@ def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
             else:
                 raise dnnlib.util.WriteError(f"Could not make a new run directory in {c.outdir}: every name was taken")
         try:
-            checkpoint.atomic_write(
-                os.path.join(c.run_dir, "training_options.json"), lambda f: f.write(c.to_json().encode())
-            )
+            write_training_options(c)
         except dnnlib.util.WriteError:
             if not continuing:
                 os.rmdir(c.run_dir)  # Still empty: the failed write left no file.
@@ -843,6 +909,58 @@ def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
         shared = [c]
         torch.distributed.broadcast_object_list(shared, src=0)
         c = shared[0]
+    return c
+
+
+def write_training_options(c: TrainingConfig) -> None:
+    """Write `run_dir/training_options.json` atomically (call on rank 0)."""
+    checkpoint.atomic_write(os.path.join(c.run_dir, "training_options.json"), lambda f: f.write(c.to_json().encode()))
+
+
+def settle_batch_gpu(
+    c: TrainingConfig, t: Trainer, continuing: bool, labels: torch.Tensor, image_shape: tuple[int, int, int]
+) -> TrainingConfig:
+    """--batch-gpu=auto: set `t.batch_gpu` and return the config with it, printed and written to training_options.json.
+
+    Continuing a run, the training state's value stays (chosen, and perhaps lowered, earlier in the run), so the run
+    goes on as it would have. On the CPU, which gives no out-of-memory signal to probe with: batch/gpus. On a GPU: the
+    largest candidate that the memory probe finds fitting (batch_memory.probe_batch_gpu).
+
+    Args:
+        labels:      Every label of the dataset [num_images, c_dim].
+        image_shape: [C, H, W] of the training images.
+
+    Raises:
+        TrainingStopped: Not even the smallest candidate fits.
+    """
+    if continuing:
+        how = "kept from the training state"
+    elif labels.device.type != "cuda":
+        t.batch_gpu = c.batch_size // c.gpus
+        how = "batch/gpus: on the CPU there is no out-of-memory signal to probe with"
+    else:
+        probe = batch_memory.probe_batch_gpu(t, c, labels, image_shape, batch_memory.CudaMemory(labels.device))
+        memory = (
+            f"{', '.join(probe.tried)} of {probe.available_bytes / 2**30:.1f} GiB available with Adam's state; at most "
+            f"{batch_memory.PROBE_MEMORY_FRACTION:.0%}"
+        )
+        if probe.batch_gpu is None:
+            raise TrainingStopped(
+                f"--batch-gpu=auto: no per-GPU batch fits ({memory}). Lower --mbstd-group, make the networks smaller "
+                f"(--cbase, --cmax) or use GPUs with more memory"
+            )
+        t.batch_gpu = probe.batch_gpu
+        how = f"probe: {memory}"
+    c = adopt_batch_gpu(c, t.batch_gpu)
+    distributed.print0(f"--batch-gpu=auto: {c.batch_gpu} per GPU x {c.rounds} rounds ({how}).")
+    return c
+
+
+def adopt_batch_gpu(c: TrainingConfig, batch_gpu: int) -> TrainingConfig:
+    """The config with `batch_gpu` in effect, also written to training_options.json (rank 0)."""
+    c = dataclasses.replace(c, batch_gpu=batch_gpu)
+    if distributed.is_main():
+        write_training_options(c)
     return c
 
 
