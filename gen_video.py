@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 import dnnlib
 from dnnlib.util import FiniteFloatRange
-from gen_images import class_labels, load_generator, parse_grid
+from torch_utils import images
+from training.inference import class_labels, load_generator, parse_grid
 
 
 def keyframe_seeds(seeds: list[int], grid: tuple[int, int], num_keyframes: int | None,
@@ -72,11 +73,8 @@ def render_frame(G: torch.nn.Module, splines, t: float, noise_mode: str, device:
     w = torch.from_numpy(np.stack([np.asarray(s(t)) for row in splines for s in row])).to(device, torch.float32)
     with torch.no_grad():
         img = G.synthesis(w, noise_mode=noise_mode)
-    img = (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()  # [rows*cols, C, H, W]
-    rows, cols = len(splines), len(splines[0])
-    _, c, h, w_ = img.shape
-    frame = img.reshape(rows, cols, c, h, w_).transpose(0, 3, 1, 4, 2).reshape(rows * h, cols * w_, c)
-    return np.repeat(frame, 3, axis=2) if c == 1 else frame
+    frame = images.tile(images.to_uint8(img).cpu().numpy(), grid=(len(splines[0]), len(splines)))
+    return np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame
 
 
 def open_writer(path: str, fps: int):

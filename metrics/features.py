@@ -27,6 +27,7 @@ from metrics import detectors
 from metrics.detectors import DetectorSpec
 from metrics.registry import MetricError
 from torch_utils import distributed
+from torch_utils.images import to_uint8
 from training.dataset import ImageFolderDataset
 
 CACHE_VERSION = 1  # Bump when the layout or meaning of cached statistics changes.
@@ -147,7 +148,7 @@ def advance(bar: tqdm.tqdm, batch_items: int) -> None:
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """Generator output [N, C, H, W] in about [-1, 1] -> uint8 [N, 3, H, W]."""
-    images = (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    images = to_uint8(images)
     return images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
 
 

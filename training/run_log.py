@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 
 from dnnlib.util import WriteError, atomic_write, describe_write_failure
+from torch_utils.images import tile
 
 
 class _Tee(io.TextIOBase):
@@ -207,7 +208,7 @@ def save_image_grid(images: np.ndarray, path: str, drange: tuple[float, float], 
     gw, gh = grid
     images = np.asarray(images, dtype=np.float32)[: gw * gh]
     images = np.rint((images - lo) * (255 / (hi - lo))).clip(0, 255).astype(np.uint8)
-    _, c, h, w = images.shape
-    tiled = images.reshape(gh, gw, c, h, w).transpose(0, 3, 1, 4, 2).reshape(gh * h, gw * w, c)
+    tiled = tile(images, grid)
+    c = tiled.shape[2]
     image = PIL.Image.fromarray(tiled[:, :, 0] if c == 1 else tiled, "L" if c == 1 else "RGB")
     atomic_write(path, lambda f: image.save(f, format="PNG"))

@@ -1,0 +1,77 @@
+"""What the tools that render a snapshot share (gen_images.py, gen_video.py, calc_metrics.py): loading G, class
+labels, grid and view options, and refusing options the network cannot honour, each as a click error that names the
+option."""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+import torch
+
+from training import checkpoint
+from training.networks_stylegan3 import make_transform
+
+
+def load_generator(network: str, device: torch.device) -> torch.nn.Module:
+    """G_ema of a snapshot pickle (path or URL), on `device`; unreadable files raise click.ClickException."""
+    try:
+        snapshot = checkpoint.load_snapshot(network)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"--network={network}: {error}") from None
+    return snapshot["G_ema"].to(device)
+
+
+def class_labels(G: torch.nn.Module, class_idx: int | None, device: torch.device) -> torch.Tensor:
+    """The one-hot label row [1, c_dim] for `class_idx`; checks that it fits the network."""
+    label = torch.zeros([1, G.c_dim], device=device)
+    if G.c_dim == 0:
+        if class_idx is not None:
+            click.echo("Warning: --class is ignored because the network is unconditional.", err=True)
+        return label
+    if class_idx is None:
+        raise click.ClickException(f"The network is conditional ({G.c_dim} classes): pass --class=N")
+    if not 0 <= class_idx < G.c_dim:
+        raise click.ClickException(f"--class={class_idx} is out of range: the network has classes 0..{G.c_dim - 1}")
+    label[:, class_idx] = 1
+    return label
+
+
+def parse_grid(value: str | tuple[int, int]) -> tuple[int, int]:
+    """'4x2' or '4,2' -> (4, 2): columns, then rows (the published gen_video.py accepts both spellings)."""
+    if isinstance(value, tuple):
+        return value
+    text = value.strip().lower()
+    parts = text.split("x") if "x" in text else text.split(",")
+    # isascii() too: isdigit() alone accepts digits such as superscripts that int() refuses.
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
+        raise click.BadParameter(
+            f"expected WxH or W,H (columns then rows, each at least 1) such as 4x3 or 4,3, got {value!r}"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def set_input_transform(G: torch.nn.Module, translate: tuple[float, float], rotate_deg: float) -> None:
+    """Translate (in image widths) and rotate (degrees) a StyleGAN3 image through its input transform."""
+    transform = getattr(getattr(G.synthesis, "input", None), "transform", None)
+    if transform is None:
+        raise click.ClickException(
+            f"--translate and --rotate need a StyleGAN3 network (one with an input transform); this is a "
+            f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
+        )
+    matrix = np.linalg.inv(make_transform(translate, rotate_deg))  # The buffer maps output to input coordinates.
+    transform.copy_(torch.from_numpy(matrix))
+
+
+def check_scale(G: torch.nn.Module, scale: float) -> None:
+    """Refuse --scale for networks with a fixed output size, and scales that do not give whole pixels."""
+    if not getattr(G.synthesis, "supports_any_scale", False):
+        raise click.ClickException(
+            f"--scale needs a network that renders at any resolution (--cfg=creps); this is a "
+            f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
+        )
+    size = scale * G.img_resolution
+    if abs(size - round(size)) > 1e-6 or round(size) < 1:
+        raise click.ClickException(
+            f"--scale={scale:g} gives {size:g} pixels at the training resolution {G.img_resolution}; pick a scale "
+            f"that gives whole pixels (a multiple of 1/{G.img_resolution})"
+        )
