@@ -87,10 +87,8 @@ def resolve_dataset_kwargs(
 def build_config(opts: dnnlib.EasyDict) -> MetricsConfig:
     """Check the options against the registry, the snapshot, the dataset and the detectors; ClickException if bad."""
     names = parse_metric_names(opts.metrics)
-    if distributed.under_torchrun() and int(os.environ["WORLD_SIZE"]) != opts.gpus:
-        raise click.ClickException(f"--gpus={opts.gpus} but torchrun started {os.environ['WORLD_SIZE']} processes")
-    if not distributed.under_torchrun() and torch.cuda.is_available() and opts.gpus > torch.cuda.device_count():
-        raise click.ClickException(f"--gpus={opts.gpus} but this machine has {torch.cuda.device_count()} CUDA devices")
+    if (problem := distributed.process_count_error(opts.gpus)) is not None:
+        raise click.ClickException(problem)
     try:
         snapshot = checkpoint.load_snapshot(opts.network)
     except (OSError, ValueError) as error:
@@ -124,17 +122,14 @@ def print_config(c: MetricsConfig) -> None:
 
 def run(c: MetricsConfig) -> None:
     """Body of every process: load the network, compute each metric, rank 0 records it."""
-    if torch.cuda.is_available():
-        device = torch.device("cuda", distributed.get_local_rank())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = distributed.select_device()
     G = checkpoint.load_snapshot(c.network_pkl)["G_ema"]
     for name in c.metric_names:
         try:
             result = metrics.calc_metric(
-                name, G, c.dataset_kwargs, device, detector_dir=c.detector_dir, progress=c.verbose,
-                num_gen=c.num_gen, max_real=c.max_real, batch_size=c.batch_size, num_workers=c.workers,
+                name, G, c.dataset_kwargs, device, dataset_factory=ImageFolderDataset, detector_dir=c.detector_dir,
+                progress=c.verbose, num_gen=c.num_gen, max_real=c.max_real, batch_size=c.batch_size,
+                num_workers=c.workers,
             )  # fmt: skip
         except metrics.MetricError as error:  # E.g. a corrupt detector file: a message, not a stack trace.
             raise click.ClickException(f"{name}: {error}") from None

@@ -46,13 +46,8 @@ def build_config(
     if "target" in given and opts.aug != "ada":
         raise click.ClickException(f"--target is the goal of --aug=ada; with --aug={opts.aug} it has no effect")
     gpus = opts.gpus
-    if distributed.under_torchrun() and int(os.environ["WORLD_SIZE"]) != gpus:
-        raise click.ClickException(
-            f"--gpus={gpus} but torchrun started {os.environ['WORLD_SIZE']} processes; --gpus must be the total "
-            f"number of processes (nnodes * nproc-per-node)"
-        )
-    if not distributed.under_torchrun() and torch.cuda.is_available() and gpus > torch.cuda.device_count():
-        raise click.ClickException(f"--gpus={gpus} but this machine has {torch.cuda.device_count()} CUDA devices")
+    if (problem := distributed.process_count_error(gpus)) is not None:
+        raise click.ClickException(problem)
 
     if dataset_info is None:
         dataset_info = inspect_dataset(opts.data, use_labels=opts.cond)

@@ -29,6 +29,7 @@ import torch
 import dnnlib
 import train
 from benchmarks.train_speed import make_dataset
+from torch_utils import distributed
 from training import training_loop
 from training.config import PRESETS
 from training.dataset import ImageFolderDataset
@@ -39,7 +40,7 @@ def build(cfg: str, data: Path, outdir: Path, train_args: list[str]) -> tuple:
     args = [f"--outdir={outdir}", f"--cfg={cfg}", f"--data={data}", "--gpus=1", "--metrics=none", *train_args]
     with train.main.make_context("train.py", args) as ctx:
         c = train.build_config(dnnlib.EasyDict(ctx.params))
-    device = training_loop.select_device()
+    device = distributed.select_device()
     torch.backends.cudnn.benchmark = c.cudnn_benchmark
     dataset = ImageFolderDataset(**training_loop.training_set_kwargs(c))
     labels = torch.stack([torch.from_numpy(dataset.get_label(i)) for i in range(len(dataset))]).to(device)

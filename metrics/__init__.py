@@ -4,10 +4,11 @@ Every metric registers itself (`metrics.registry.register_metric`); `list_metric
 loop and calc_metrics.py use four functions:
 
     check_metrics_available(names, detector_dir)   # before training: unknown names, missing detector files
-    result = calc_metric(name, G, dataset_kwargs, device)   # on every rank
+    result = calc_metric(name, G, dataset_kwargs, device, dataset_factory=ImageFolderDataset)   # on every rank
     report_metric(result, run_dir, snapshot_pkl)   # rank 0 appends to run_dir/metric-<name>.jsonl
 
-See docs/metrics.md for the protocols.
+Metrics import no training code: the caller passes the generator, and the class that opens its dataset
+(`training.dataset.ImageFolderDataset`). See docs/metrics.md for the protocols.
 """
 
 # Importing the metric modules registers their metrics.

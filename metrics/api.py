@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 import dnnlib
 from metrics import detectors
-from metrics.features import MetricContext, all_ranks
+from metrics.features import MetricContext, RealDataset, all_ranks
 from metrics.registry import MetricError, MetricSpec, check_network, get_metric
 from torch_utils import distributed
 
@@ -58,6 +59,7 @@ def calc_metric(
     G: torch.nn.Module,
     dataset_kwargs: dict[str, Any] | None,
     device: torch.device,
+    dataset_factory: Callable[..., RealDataset] | None = None,
     detector_dir: str | None = None,
     progress: bool = False,
     cache: bool = True,
@@ -69,25 +71,29 @@ def calc_metric(
     """Compute one metric of generator G. With several processes, every rank calls this and gets the result.
 
     Args:
-        name:           A registered metric name (`list_metrics()`).
-        G:              The generator (e.g. G_ema); it is copied, so the caller's module is not changed.
-        dataset_kwargs: ImageFolderDataset arguments of the real data (the snapshot's `training_set_kwargs`);
-                        None is allowed for metrics without reals and an unconditional G.
-        device:         This rank's device.
-        detector_dir:   Folder (or file) searched for detector files before the download cache.
-        progress:       Show progress bars (rank 0).
-        cache:          Reuse and write dataset statistics under `$DNNLIB_CACHE_DIR/gan-metrics`.
-        num_gen:        Override the protocol's number of generated images (samples); None: the protocol's
-                        (50k, or 16k for swd). For quick checks and tests; results are then not comparable.
-        max_real:       Override the protocol's number of real images; None: the protocol's (all for *_full).
-        batch_size:     Images per batch on each rank.
-        num_workers:    DataLoader processes reading real images; 0 reads in this process.
+        name:            A registered metric name (`list_metrics()`).
+        G:               The generator (e.g. G_ema); it is copied, so the caller's module is not changed.
+        dataset_kwargs:  ImageFolderDataset arguments of the real data (the snapshot's `training_set_kwargs`);
+                         None is allowed for metrics without reals and an unconditional G.
+        device:          This rank's device.
+        dataset_factory: Opens the real data when called with dataset_kwargs (use_labels overridden): the
+                         training set's class, `training.dataset.ImageFolderDataset`. Needed with dataset_kwargs.
+        detector_dir:    Folder (or file) searched for detector files before the download cache.
+        progress:        Show progress bars (rank 0).
+        cache:           Reuse and write dataset statistics under `$DNNLIB_CACHE_DIR/gan-metrics`.
+        num_gen:         Override the protocol's number of generated images (samples); None: the protocol's
+                         (50k, or 16k for swd). For quick checks and tests; results are then not comparable.
+        max_real:        Override the protocol's number of real images; None: the protocol's (all for *_full).
+        batch_size:      Images per batch on each rank.
+        num_workers:     DataLoader processes reading real images; 0 reads in this process.
 
     Returns:
         {'results': {result name: value}, 'metric': name, 'total_time': seconds, 'total_time_str': '1m 05s',
         'num_gpus': processes, 'num_gen': images generated, 'max_real': the protocol's limit on real images,
         'num_real': real images measured, 'snapshot_pkl': None, 'timestamp': unix time}.
     """
+    if dataset_kwargs is not None and dataset_factory is None:
+        raise ValueError("dataset_kwargs need a dataset_factory to open them, e.g. training.dataset.ImageFolderDataset")
     spec = get_metric(name)
     check_network(spec, G)
     start = time.time()
@@ -99,6 +105,7 @@ def calc_metric(
         num_gen=spec.num_gen if num_gen is None else num_gen,
         max_real=spec.max_real if max_real is None else max_real,
         detector_paths=paths,
+        dataset_factory=dataset_factory,
         batch_size=batch_size,
         num_workers=num_workers,
         cache=cache,

@@ -2,7 +2,7 @@
 generative adversarial networks", Section 3 and Appendix E: EQ-T and EQ-R).
 
 For a random w, the generator renders a reference image, then renders again with its input transformed
-(`G.synthesis.input.transform`). A perfectly equivariant generator gives the reference image transformed the same
+(`G.synthesis.set_input_transform`). A perfectly equivariant generator gives the reference image transformed the same
 way. The metric is 10 log10(I_max^2 / MSE) with I_max = 2 (images span [-1, 1]) and the MSE taken over all
 samples, channels and valid pixels: those whose transformed reference is known (not from outside the image).
 
@@ -30,15 +30,15 @@ from metrics.features import (
     LatentSampler,
     MetricContext,
     advance,
-    all_reduce_sum,
     in_chunks,
     progress_bar,
     rank_items,
     split_batches,
 )
 from metrics.registry import MetricError, register_metric
+from torch_utils import distributed
+from torch_utils.alias_free import design_lowpass_filter, make_transform
 from torch_utils.ops import upfirdn2d
-from training.networks_stylegan3 import design_lowpass_filter, make_transform
 
 MAX_TRANSLATE = 1 / 8  # Largest translation per axis, in image widths.
 MAX_ROTATE_DEG = 180  # Largest rotation, in degrees.
@@ -60,11 +60,6 @@ def lowpass_filter(device: torch.device) -> torch.Tensor:
 def lowpass(images: torch.Tensor) -> torch.Tensor:
     """Filter images [N, C, H, W] with the radial low-pass, keeping their size (zero padding at the border)."""
     return upfirdn2d.filter2d(images, lowpass_filter(images.device))
-
-
-def set_input_transform(G: torch.nn.Module, matrix: np.ndarray) -> None:
-    """Transform the generator's output by `matrix` (from make_transform); the buffer takes its inverse."""
-    G.synthesis.input.transform.copy_(torch.from_numpy(np.linalg.inv(matrix)))
 
 
 def shift_exactly(images: torch.Tensor, dx: int, dy: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,11 +148,11 @@ def equivariance_psnr(ctx: MetricContext, kind: str) -> float:
             matrix = random_transform(kind, resolution, np.random.default_rng([ctx.seed, 1, int(chunk[0])]))
             with torch.no_grad():
                 ws = G.mapping(z[:, 0], c)
-                set_input_transform(G, identity)
+                G.synthesis.set_input_transform(identity)
                 reference = in_chunks(lambda w: G.synthesis(w, noise_mode="const"), ws)
-                set_input_transform(G, matrix)
+                G.synthesis.set_input_transform(matrix)
                 rendered = in_chunks(lambda w: G.synthesis(w, noise_mode="const"), ws)
-                set_input_transform(G, identity)
+                G.synthesis.set_input_transform(identity)
                 if kind == "int":
                     dx, dy = (int(round(v * resolution)) for v in matrix[:2, 2])
                     expected, mask = shift_exactly(reference, dx, dy)
@@ -168,13 +163,13 @@ def equivariance_psnr(ctx: MetricContext, kind: str) -> float:
                 squared_error += ((rendered - expected).square() * mask).sum(dtype=torch.float64)
                 count += mask.sum(dtype=torch.float64) * rendered.shape[0] * rendered.shape[1]
             advance(bar, len(chunk))
-    total_count = all_reduce_sum(count).item()
+    total_count = distributed.all_reduce_sum(count).item()
     if total_count == 0:
         raise MetricError(
             f"{resolution}x{resolution} images are too small to measure fractional equivariance: the filters leave "
             f"out {BORDER} pixels at the border and {SOURCE_BORDER} around each source position"
         )
-    mse = all_reduce_sum(squared_error).item() / total_count
+    mse = distributed.all_reduce_sum(squared_error).item() / total_count
     return float(10 * np.log10(2**2 / mse)) if mse > 0 else float("inf")
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from metrics.detectors import DetectorSpec
 from metrics.registry import MetricError
 from torch_utils import distributed
 from torch_utils.images import to_uint8
-from training.dataset import ImageFolderDataset
 
 CACHE_VERSION = 1  # Bump when the layout or meaning of cached statistics changes.
 # Images a generator renders at once. Metrics stream batches of 64, but a 1024x1024 generator's activations for
@@ -36,16 +35,33 @@ CACHE_VERSION = 1  # Bump when the layout or meaning of cached statistics change
 GENERATOR_CHUNK = 4
 
 
+class RealDataset(Protocol):
+    """What the metrics read of the real data (training.dataset.ImageFolderDataset is one)."""
+
+    path: str  # The dataset's file or folder, for messages.
+    label_dim: int  # Label width; 0 without labels.
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]: ...  # (uint8 [C, H, W], label)
+    def get_label(self, idx: int) -> np.ndarray: ...  # float32 [label_dim]
+    def __enter__(self) -> RealDataset: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
 @dataclasses.dataclass
 class MetricContext:
     """Everything a metric function needs: the generator, the data, the device and the protocol's sizes."""
 
     G: torch.nn.Module  # The generator, a private copy in eval mode on `device` (metrics may change buffers).
-    dataset_kwargs: dict[str, Any] | None  # ImageFolderDataset arguments; None when no dataset is needed.
+    # The real data's arguments (path, xflip, max_size, random_seed, use_labels), which also key the statistics
+    # cache; None when no dataset is needed.
+    dataset_kwargs: dict[str, Any] | None
     device: torch.device  # Where this rank computes.
     num_gen: int  # Generated images (or latent samples) to use.
     max_real: int | None  # Real images to use; None: the whole dataset.
     detector_paths: dict[DetectorSpec, str] = dataclasses.field(default_factory=dict)  # Local detector files.
+    # Opens the real data: called with dataset_kwargs, use_labels overridden. None when dataset_kwargs is None.
+    dataset_factory: Callable[..., RealDataset] | None = None
     batch_size: int = 64  # Images per batch on each rank.
     num_workers: int = 3  # DataLoader worker processes reading real images; 0 reads in this process.
     cache: bool = True  # Read and write dataset statistics under $DNNLIB_CACHE_DIR/gan-metrics.
@@ -60,11 +76,12 @@ class MetricContext:
         assert spec in self.detector_paths, f"{spec.description} was not located before the metric ran"
         return detectors.load_detector(self.detector_paths[spec], self.device)
 
-    def open_dataset(self, use_labels: bool = False) -> ImageFolderDataset:
+    def open_dataset(self, use_labels: bool = False) -> RealDataset:
         """Open the dataset the metric compares against."""
         if self.dataset_kwargs is None:
             raise MetricError("This metric needs a dataset (dataset_kwargs / --data), but none was given")
-        return ImageFolderDataset(**{**self.dataset_kwargs, "use_labels": use_labels})
+        assert self.dataset_factory is not None, "dataset_kwargs need a dataset_factory to open them"
+        return self.dataset_factory(**{**self.dataset_kwargs, "use_labels": use_labels})
 
 
 # ----------------------------------------------------------------------------
@@ -82,20 +99,11 @@ def split_batches(items: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over ranks, in place; returns it."""
-    if distributed.is_distributed():
-        torch.distributed.all_reduce(tensor)
-    return tensor
-
-
 def all_ranks(flag: bool, device: torch.device) -> bool:
     """Whether `flag` is true on every rank."""
     if not distributed.is_distributed():
         return flag
-    value = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return bool(value.item())
+    return bool(distributed.all_reduce_min(torch.tensor([int(flag)], device=device)).item())
 
 
 def gather_rows(local: torch.Tensor, positions: np.ndarray, total: int) -> torch.Tensor:
@@ -120,10 +128,8 @@ def gather_rows(local: torch.Tensor, positions: np.ndarray, total: int) -> torch
     padded[: len(local)] = local
     padded_pos = torch.full([max_rows], -1, dtype=torch.int64, device=local.device)
     padded_pos[: len(positions)] = torch.as_tensor(positions, dtype=torch.int64)
-    rows = [torch.empty_like(padded) for _ in range(world)]
-    pos = [torch.empty_like(padded_pos) for _ in range(world)]
-    torch.distributed.all_gather(rows, padded)
-    torch.distributed.all_gather(pos, padded_pos)
+    rows = distributed.all_gather(padded)
+    pos = distributed.all_gather(padded_pos)
     for r, p in zip(rows, pos, strict=True):
         keep = p >= 0
         result[p[keep]] = r[keep]
@@ -164,7 +170,7 @@ def select_real_items(ctx: MetricContext, num_available: int, max_items: int | N
     return indices
 
 
-def real_batches(ctx: MetricContext, dataset: ImageFolderDataset, indices: np.ndarray) -> Iterator[tuple]:
+def real_batches(ctx: MetricContext, dataset: RealDataset, indices: np.ndarray) -> Iterator[tuple]:
     """Stream this rank's share of dataset items `indices` as (positions in `indices`, uint8 [n, 3, H, W])."""
     positions = rank_items(len(indices))
     subset = torch.utils.data.Subset(dataset, indices[positions].tolist())
@@ -263,7 +269,7 @@ class Moments:
     def finish(self) -> dict[str, np.ndarray]:
         """Sum over ranks and return {'mean': [dim], 'cov': [dim, dim]} (covariance normalized by n - 1)."""
         for tensor in (self.count, self.sum, self.sum_outer):
-            all_reduce_sum(tensor)
+            distributed.all_reduce_sum(tensor)
         n = self.count.item()
         assert n >= 2, "a covariance needs at least two feature vectors"
         mean = self.sum / n
@@ -315,9 +321,7 @@ def features_width(width: int, device: torch.device) -> int:
     """The largest `width` over ranks (the feature width, where some ranks saw no items)."""
     if not distributed.is_distributed():
         return width
-    value = torch.tensor([width], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return int(value.item())
+    return int(distributed.all_reduce_max(torch.tensor([width], device=device)).item())
 
 
 def real_features(

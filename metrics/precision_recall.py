@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from metrics.detectors import VGG16
-from metrics.features import MetricContext, all_reduce_sum, generated_features, real_features
+from metrics.features import MetricContext, generated_features, real_features
 from metrics.registry import register_metric
 from torch_utils import distributed
 
@@ -29,7 +29,7 @@ def knn_radii(features: torch.Tensor, k: int, block_size: int) -> torch.Tensor:
     for rows in _rank_blocks(len(features), block_size):
         # The row itself is at distance ~0 and is the smallest; the k-th other neighbour is the (k+1)-th value.
         radii[rows] = squared_distances(features[rows], features).kthvalue(k + 1, dim=1).values
-    return all_reduce_sum(radii)
+    return distributed.all_reduce_sum(radii)
 
 
 def fraction_inside(queries: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, block_size: int) -> float:
@@ -37,7 +37,7 @@ def fraction_inside(queries: torch.Tensor, centers: torch.Tensor, radii: torch.T
     count = torch.zeros([], dtype=torch.float64, device=queries.device)
     for rows in _rank_blocks(len(queries), block_size):
         count += (squared_distances(queries[rows], centers) <= radii).any(dim=1).sum()
-    return all_reduce_sum(count).item() / len(queries)
+    return distributed.all_reduce_sum(count).item() / len(queries)
 
 
 def precision_recall(real: torch.Tensor, gen: torch.Tensor, k: int = 3, block_size: int = 1024) -> tuple[float, float]:

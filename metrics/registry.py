@@ -38,7 +38,7 @@ class MetricSpec:
     max_real: int | None  # Real images of the standard protocol; None: the whole dataset.
     uses_reals: bool  # Whether the metric compares against the dataset (False: IS, PPL, equivariance).
     detectors: tuple[DetectorSpec, ...]  # Feature networks it loads; empty for SWD and equivariance.
-    needs_input_transform: bool  # Needs `G.synthesis.input.transform` (StyleGAN3 equivariance metrics).
+    needs_input_transform: bool  # Needs `G.synthesis.set_input_transform` (StyleGAN3 equivariance metrics).
     higher_is_better: bool = False  # Direction of its first result (FID: lower; IS, precision, EQ PSNR: higher).
 
 
@@ -61,7 +61,7 @@ def register_metric(
         max_real:              Real images of the standard protocol; None: the whole dataset.
         uses_reals:            Whether the metric reads the dataset's images.
         detectors:             Feature networks the metric loads (checked for availability up front).
-        needs_input_transform: Refuse generators without `synthesis.input.transform`.
+        needs_input_transform: Refuse generators without `synthesis.set_input_transform`.
         higher_is_better:      Whether a larger first result is better (best snapshot, early stopping).
 
     Returns:
@@ -96,7 +96,7 @@ def get_metric(name: str) -> MetricSpec:
 
 def has_input_transform(G: object) -> bool:
     """Whether G is a StyleGAN3-style generator whose input can be translated and rotated."""
-    return getattr(getattr(getattr(G, "synthesis", None), "input", None), "transform", None) is not None
+    return callable(getattr(getattr(G, "synthesis", None), "set_input_transform", None))
 
 
 def check_network(spec: MetricSpec, G: object) -> None:
@@ -105,6 +105,7 @@ def check_network(spec: MetricSpec, G: object) -> None:
         synthesis = getattr(G, "synthesis", G)
         raise IncompatibleNetworkError(
             f"{spec.name} measures equivariance through the input transform of a StyleGAN3 generator "
-            f"(G.synthesis.input.transform); this network ({type(synthesis).__module__}.{type(synthesis).__name__}) "
-            f"has none. Use it with --cfg=stylegan3-t or stylegan3-r networks."
+            f"(G.synthesis.set_input_transform); this network "
+            f"({type(synthesis).__module__}.{type(synthesis).__name__}) has none. Use it with --cfg=stylegan3-t or "
+            f"stylegan3-r networks."
         )

@@ -23,7 +23,6 @@ import tqdm
 from metrics.features import (
     MetricContext,
     advance,
-    all_reduce_sum,
     cached_dataset_stats,
     gather_rows,
     generated_batches,
@@ -163,7 +162,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int) -> float:
                 projected_b = (chunk.T @ b.T).sort(dim=1).values
                 total += (projected_a - projected_b).abs().mean(dim=1).sum(dtype=torch.float64)
             chunk_index += 1
-    return all_reduce_sum(total).item() / (NUM_REPEATS * NUM_DIRECTIONS)
+    return distributed.all_reduce_sum(total).item() / (NUM_REPEATS * NUM_DIRECTIONS)
 
 
 @register_metric(num_gen=NUM_IMAGES, max_real=NUM_IMAGES)

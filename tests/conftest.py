@@ -1,5 +1,6 @@
-"""Test-wide settings."""
+"""Test-wide settings and the shared fixtures (plain helpers are in helpers.py)."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,30 @@ def tensorboard(monkeypatch) -> RecordingTensorBoard:
 
 
 @pytest.fixture(scope="session")
-def shapes8(tmp_path_factory) -> Path:
+def demo_shapes(tmp_path_factory) -> Callable[..., Path]:
+    """Make a labelled demo:shapes zip with dataset_tool.py: `demo_shapes(resolution, max_images=64)` returns
+    `shapes<resolution>.zip`, made once per test process and shared (tests only read it)."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(resolution: int, max_images: int = 64) -> Path:
+        if (resolution, max_images) not in made:
+            path = tmp_path_factory.mktemp(f"shapes{resolution}") / f"shapes{resolution}.zip"
+            args = ["--source=demo:shapes", f"--dest={path}", f"--resolution={resolution}x{resolution}", "--workers=1"]
+            result = CliRunner().invoke(dataset_tool.main, [*args, f"--max-images={max_images}"])
+            assert result.exit_code == 0, result.output
+            made[resolution, max_images] = path
+        return made[resolution, max_images]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shapes8(demo_shapes) -> Path:
     """The tiny end-to-end runs' data: a 64-image, 8x8, labelled demo:shapes zip made by dataset_tool.py."""
-    path = tmp_path_factory.mktemp("shapes8") / "shapes8.zip"
-    args = ["--source=demo:shapes", f"--dest={path}", "--resolution=8x8", "--max-images=64", "--workers=1"]
-    result = CliRunner().invoke(dataset_tool.main, args)
-    assert result.exit_code == 0, result.output
-    return path
+    return demo_shapes(8)
+
+
+@pytest.fixture(scope="session")
+def data(shapes8: Path) -> Path:
+    """The dataset of the end-to-end runs, shapes8 (a test file may override it with its own)."""
+    return shapes8

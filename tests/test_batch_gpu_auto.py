@@ -295,6 +295,7 @@ def final_state(outdir: Path) -> dict:
     return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
 
 
+@pytest.mark.slow
 def test_a_run_halved_at_its_first_step_equals_the_lower_batch_gpu_and_continues(tmp_path, shapes8, monkeypatch):
     invoke_train(tmp_path / "eight", shapes8, "--kimg=0.08", "--batch-gpu=8")
     monkeypatch.setenv(INJECT, "0:Gmain:8:end")
@@ -329,6 +330,7 @@ def run_script(*args: str, cwd: Path, inject: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_agree_when_one_runs_out_of_memory(tmp_path, shapes8):
     # Rank 1 alone fails at the start of Greg, before the path length all-reduce that rank 0 is already waiting in:
     # it joins that collective, both agree, and both redo Greg at 4 per GPU. One process halving the same phases

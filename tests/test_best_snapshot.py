@@ -2,16 +2,16 @@
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import tiny
 
 import train
 from metrics import registry
 from training.metric_runner import BestSnapshot
 
-TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--cbase=64", "--cmax=8", "--map-depth=1", "--workers=0"]
+TINY = tiny(metrics=None, workers=0)  # Each test names its metrics.
 
 
 @pytest.fixture
@@ -31,12 +31,7 @@ def standin(monkeypatch) -> list[float]:
     return values
 
 
-@pytest.fixture(scope="module")
-def data(shapes8: Path) -> Path:
-    """The shared 64-image, 8x8 demo dataset (conftest.py)."""
-    return shapes8
-
-
+@pytest.mark.slow
 def test_best_snapshot_is_replaced_only_on_improvement_and_the_run_stops(tmp_path, data, standin):
     standin.extend([5.0, 3.0, 4.0, 3.5, 1.0])  # Evaluations at the snapshots of kimg 0, 1, 2, 3 (and 4).
     outdir = tmp_path / "runs"

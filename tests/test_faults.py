@@ -13,8 +13,6 @@ import io
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -25,6 +23,7 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run_dirs, run_script, tiny
 
 import calc_metrics
 import dataset_tool
@@ -35,8 +34,7 @@ import train
 from training import checkpoint, run_log
 from training.config import ConfigError, TrainingConfig, validate
 
-TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1",
-        "--gpus=1", "--workers=0"]  # fmt: skip
+TINY = tiny(gpus=1, workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +54,6 @@ def data(tmp_path_factory) -> Path:
 def invoke(command: click.Command, args: list[str]) -> click.testing.Result:
     """Run a command line in this process; exceptions become the result's exit code, as for a user."""
     return CliRunner().invoke(command, [str(arg) for arg in args])
-
-
-def run_dirs(outdir: Path) -> list[Path]:
-    return sorted(p for p in outdir.iterdir() if p.is_dir())
 
 
 # ----------------------------------------------------------------------------
@@ -213,6 +207,7 @@ def test_save_state_out_of_space_names_the_file_and_keeps_the_old_states(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["training-state-000000.pt", "training-state-000001.pt"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_state_that_does_not_fit_is_refused_before_anything_is_made(tmp_path, data):
     common = [f"--data={data}", *TINY, "--batch=4", "--kimg=0.004"]
     run_a, run_b = tmp_path / "a", tmp_path / "b"
@@ -321,6 +316,7 @@ def test_drop_entries_after_cuts_the_logs_back_to_the_state(tmp_path):
     assert len(notes) == 2 and "stats.jsonl: dropped 2 lines (ticks >= 3) and a line cut short" in notes[0]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_every_tick_once_and_removes_stale_temporaries(tmp_path, data):
     outdir = tmp_path / "runs"
     common = [f"--outdir={outdir}", f"--data={data}", *TINY, "--batch=32", "--tick=0.5", "--snap=2"]
@@ -359,6 +355,7 @@ def test_a_malformed_dataset_json_stops_only_conditional_training(tmp_path, data
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_image_found_in_training_is_skipped_and_counted(tmp_path):
     path = tmp_path / "damaged.zip"
     rng = np.random.default_rng(0)
@@ -371,10 +368,7 @@ def test_a_damaged_image_found_in_training_is_skipped_and_counted(tmp_path):
                 data = data[:33] + b"garbage" * 10
             archive.writestr(f"00000/img{i:08d}.png", data)
     args = [f"--outdir={tmp_path / 'runs'}", f"--data={path}", *TINY, "--batch=40", "--kimg=0.08", "--tick=0.04"]
-    result = subprocess.run(
-        [sys.executable, "train.py", *args], cwd=Path(train.__file__).parent, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_script("train.py", *args, cwd=tmp_path)
     assert "damaged-images 1" in result.stdout  # Each tick shows 40 images: the damaged one once.
     assert "skipped a damaged image" in result.stderr and "img00000001.png" in result.stderr
 

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import gen_video
-from gen_images import parse_grid
+from training.inference import parse_grid
 from training.networks_stylegan2 import Generator
 
 

@@ -187,6 +187,7 @@ def test_parallel_commands_are_logged_one_after_another_and_fail_together(tmp_pa
     assert "from b" in log and "===== c: exit 3" in log and "===== e: exit None" in log
 
 
+@pytest.mark.slow
 def test_step_profile_runs_real_steps_on_the_cpu(tmp_path):
     from benchmarks import step_profile
 

@@ -12,12 +12,11 @@ import numpy as np
 import published_formats as pf
 import pytest
 import torch
+from helpers import ROOT, run_script, tiny
 
 from training import augment, checkpoint, legacy, networks_creps, networks_stylegan2, networks_stylegan3
 from training.convert_published import ConversionError
 from training.safe_pickle import SnapshotError, UnsafePickleError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -213,11 +212,12 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
         checkpoint.load_snapshot(path)
 
 
+@pytest.mark.slow
 def test_gen_images_refuses_a_code_running_pickle_with_a_message(tmp_path):
     marker = tmp_path / "pwned"
     path = write(tmp_path / "evil.pkl", pickle.dumps(RunsCode(f"touch {marker}")))
     result = subprocess.run(
-        [sys.executable, str(REPO / "gen_images.py"), f"--network={path}", "--seeds=0", f"--outdir={tmp_path}"],
+        [sys.executable, str(ROOT / "gen_images.py"), f"--network={path}", "--seeds=0", f"--outdir={tmp_path}"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -302,11 +302,12 @@ def test_tensorflow_pickles_we_cannot_reproduce_are_refused(tmp_path, marker):
         checkpoint.load_snapshot(write(tmp_path / "tf.pkl", data))
 
 
+@pytest.mark.slow
 def test_converter_writes_our_format_atomically_and_reports(tmp_path, marker):
     path, ours = stylegan2_pickle(tmp_path, marker)
     dest = tmp_path / "out" / "converted.pkl"
     command = [sys.executable, "-m", "training.legacy", f"--source={path}", f"--dest={dest}"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "Format: published PyTorch (stylegan2)" in result.stdout
     assert "G_ema:        StyleGAN2 generator, 16x16, 3 channels, unconditional, z 8, w 8" in result.stdout
@@ -330,18 +331,19 @@ def test_converter_writes_our_format_atomically_and_reports(tmp_path, marker):
     assert torch.equal(render(checkpoint.load_snapshot(str(dest))["G_ema"]), render(ours["G_ema"]))
     # An existing destination is not replaced without --force.
     before = dest.read_bytes()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1 and "exists; pass --force" in result.stderr and dest.read_bytes() == before
-    assert subprocess.run(command + ["--force"], capture_output=True, cwd=REPO).returncode == 0
+    assert subprocess.run(command + ["--force"], capture_output=True, cwd=ROOT).returncode == 0
     # A destination that cannot be written is a message naming it, not a traceback.
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     command[-1] = f"--dest={blocked / 'converted.pkl'}"
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1 and f"--dest={blocked / 'converted.pkl'}: cannot write it" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_gen_images_renders_a_published_pickle_like_its_conversion(tmp_path, marker):
     path, _ = stylegan2_pickle(tmp_path, marker)
     converted = tmp_path / "converted.pkl"
@@ -349,13 +351,13 @@ def test_gen_images_renders_a_published_pickle_like_its_conversion(tmp_path, mar
         [sys.executable, "-m", "training.legacy", f"--source={path}", f"--dest={converted}"],
         check=True,
         capture_output=True,
-        cwd=REPO,
+        cwd=ROOT,
     )
     for network, outdir in [(path, tmp_path / "a"), (converted, tmp_path / "b")]:
         subprocess.run(
             [
                 sys.executable,
-                str(REPO / "gen_images.py"),
+                str(ROOT / "gen_images.py"),
                 f"--network={network}",
                 "--seeds=3",
                 f"--outdir={outdir}",
@@ -368,19 +370,14 @@ def test_gen_images_renders_a_published_pickle_like_its_conversion(tmp_path, mar
     assert (tmp_path / "a" / "seed0003.png").read_bytes() == (tmp_path / "b" / "seed0003.png").read_bytes()
 
 
-def test_train_resumes_from_a_published_pickle_across_resolutions(tmp_path, marker):
+@pytest.mark.slow
+def test_train_resumes_from_a_published_pickle_across_resolutions(tmp_path, marker, demo_shapes):
     """--resume with a published 16px StyleGAN2 pickle onto 32px data: a new run that reports what it copied."""
     path, ours = stylegan2_pickle(tmp_path, marker)
-    data = tmp_path / "shapes32.zip"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    dataset_tool = [sys.executable, str(REPO / "dataset_tool.py"), "--source=demo:shapes", f"--dest={data}"]
-    subprocess.run([*dataset_tool, "--resolution=32x32", "--max-images=16"], check=True, capture_output=True, env=env)
-    command = [sys.executable, str(REPO / "train.py"), f"--outdir={tmp_path / 'runs'}", f"--data={data}",
-               "--cfg=stylegan2", "--gpus=1", "--batch=4", "--gamma=1", "--aug=noaug", "--metrics=none",
-               "--cbase=64", "--cmax=8", "--map-depth=2", "--kimg=0.004", "--tick=1", "--workers=0",
-               f"--resume={path}"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    args = [f"--outdir={tmp_path / 'runs'}", f"--data={demo_shapes(32, 16)}", f"--resume={path}", *tiny(map_depth=2)]
+    result = run_script(
+        "train.py", *args, "--gpus=1", "--batch=4", "--kimg=0.004", "--tick=1", "--workers=0", cwd=tmp_path
+    )
     assert f"Starting a new run from the weights of {path} (published PyTorch (stylegan2); kimg starts at 0)" in (
         result.stdout
     )

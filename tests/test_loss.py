@@ -250,6 +250,7 @@ def _pl_rank_worker(out_dir):
     torch.save(state, f"{out_dir}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_path_length_gradient_does_not_depend_on_chunks_or_ranks(tmp_path):
     z, bank = _pl_bank()
     # One chunk holding the 8 latents; its path length samples are z[:4], so reorder to make them 0, 1, 4, 5.

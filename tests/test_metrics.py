@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny
 
 import calc_metrics
-import dataset_tool  # A root script, importable through pytest's `pythonpath = ["."]`.
 import dnnlib
 import metrics
 import train
@@ -33,9 +33,9 @@ from metrics.inception_score import inception_score
 from metrics.kernel_inception_distance import kernel_inception_distance
 from metrics.precision_recall import precision_recall
 from metrics.sliced_wasserstein import laplacian_pyramid, pyramid_down, pyramid_up, sliced_wasserstein
+from torch_utils.alias_free import make_transform
 from training import checkpoint, networks_stylegan2, networks_stylegan3
 from training.dataset import ImageFolderDataset
-from training.networks_stylegan3 import make_transform
 
 CPU = torch.device("cpu")
 
@@ -295,14 +295,10 @@ class NoiseGenerator(ReplayGenerator):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, shapes8):
     """A dataset (64 shapes at 8x8), stand-in detectors, and a run directory with a tiny StyleGAN2 snapshot."""
     root = tmp_path_factory.mktemp("metrics")
-    data = root / "shapes8.zip"
-    result = CliRunner().invoke(
-        dataset_tool.main, ["--source=demo:shapes", f"--dest={data}", "--resolution=8x8", "--max-images=64"]
-    )
-    assert result.exit_code == 0, result.output
+    data = shapes8
     write_stand_in_detectors(root / "detectors")
     run_dir = root / "runs" / "00000-stylegan2-shapes8"
     run_dir.mkdir(parents=True)
@@ -361,6 +357,7 @@ def run_cli(*args: str):
 # The pipeline.
 
 
+@pytest.mark.slow
 def test_cli_writes_jsonl_next_to_the_snapshot_and_reuses_dataset_stats(workspace, cache_dir, detector_images):
     args = ["--metrics=fid50k_full,kid50k_full", f"--network={workspace.pkl}", "--num-gen=32", "--batch=16",
             f"--detector-dir={workspace.detector_dir}", "--workers=0", "--verbose=0"]  # fmt: skip
@@ -398,9 +395,13 @@ def test_cli_prints_results_outside_a_run_directory(workspace, cache_dir, tmp_pa
     assert not list(tmp_path.glob("metric-*.jsonl"))
 
 
+@pytest.mark.slow
 def test_a_perfect_generator_scores_perfectly(workspace, cache_dir):
     G = ReplayGenerator(workspace.images)
-    common = dict(detector_dir=workspace.detector_dir, num_gen=64, num_workers=0, batch_size=16)
+    common = dict(
+        dataset_factory=ImageFolderDataset, detector_dir=workspace.detector_dir, num_gen=64, num_workers=0,
+        batch_size=16,
+    )  # fmt: skip
     fid = metrics.calc_metric("fid50k_full", G, workspace.dataset_kwargs, CPU, **common)["results"]["fid50k_full"]
     noise = NoiseGenerator(workspace.images)
     noise_fid = metrics.calc_metric("fid50k_full", noise, workspace.dataset_kwargs, CPU, **common)["results"]
@@ -422,20 +423,17 @@ def test_ppl_runs_with_the_lpips_call(workspace, cache_dir):
     assert np.isfinite(result["results"]["ppl2_wend"]) and result["results"]["ppl2_wend"] >= 0
 
 
-def test_swd_of_a_bigger_dataset_has_one_value_per_level(tmp_path, cache_dir, capsys):
-    data = tmp_path / "shapes32.zip"
-    result = CliRunner().invoke(
-        dataset_tool.main, ["--source=demo:shapes", f"--dest={data}", "--resolution=32x32", "--max-images=16"]
-    )
-    assert result.exit_code == 0, result.output
+def test_swd_of_a_bigger_dataset_has_one_value_per_level(demo_shapes, cache_dir, capsys):
+    data = demo_shapes(32, 16)
     with ImageFolderDataset(str(data)) as dataset:
         images = np.stack([dataset[i][0] for i in range(len(dataset))])
     kwargs = dict(path=str(data), xflip=False)
-    record = metrics.calc_metric("swd", ReplayGenerator(images), kwargs, CPU, num_gen=64, num_workers=0, progress=True)
+    common = dict(dataset_factory=ImageFolderDataset, num_workers=0)
+    record = metrics.calc_metric("swd", ReplayGenerator(images), kwargs, CPU, num_gen=64, progress=True, **common)
     same = record["results"]
     assert "distances: 100%" in capsys.readouterr().err  # The last stage shows its progress too.
     assert (record["num_gen"], record["num_real"], record["max_real"]) == (16, 16, 16384)  # What the 16 images allow.
-    noise = metrics.calc_metric("swd", NoiseGenerator(images), kwargs, CPU, num_gen=16, num_workers=0)["results"]
+    noise = metrics.calc_metric("swd", NoiseGenerator(images), kwargs, CPU, num_gen=16, **common)["results"]
     assert set(same) == {"swd", "swd_32", "swd_16"}
     assert max(same.values()) < 1e-9 and min(noise.values()) > 10
 
@@ -557,6 +555,7 @@ def test_stylegan3_t_fractional_translation_beats_rotation():
     assert frac > 60 and rot < frac - 20  # The T configuration is built for translation only.
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(workspace, cache_dir, tmp_path, monkeypatch):
     results = []
     for gpus in (1, 2):
@@ -580,8 +579,7 @@ def test_two_processes_match_one(workspace, cache_dir, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------
 # Metrics during training.
 
-TRAIN_TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--cbase=64", "--cmax=8", "--map-depth=1", "--gpus=1",
-              "--batch=8", "--workers=0"]  # fmt: skip
+TRAIN_TINY = tiny(metrics=None, gpus=1, batch=8, workers=0)  # Each test names its metrics.
 
 
 def test_training_refuses_metrics_it_cannot_compute_before_starting(workspace, cache_dir, tmp_path):
@@ -603,6 +601,7 @@ def test_training_refuses_metrics_it_cannot_compute_before_starting(workspace, c
     assert ("--metrics=none skips them" in result.output) == (not torch.cuda.is_available())
 
 
+@pytest.mark.slow
 def test_training_evaluates_every_snapshot(workspace, cache_dir, tmp_path, monkeypatch, tensorboard):
     # Few samples instead of the protocols' 50k and 16k, so that the run takes seconds.
     for name in ("fid50k_full", "swd"):
@@ -625,5 +624,7 @@ def test_training_evaluates_every_snapshot(workspace, cache_dir, tmp_path, monke
         assert [step // 1000 for step, _ in logged] == [0, 1]  # TensorBoard steps are images: snapshots at kimg 0, 1.
     # calc_metrics.py's number for the last snapshot equals the one written during training.
     G_ema = checkpoint.load_snapshot(str(run_dir / snapshots[-1]))["G_ema"]
-    standalone = metrics.calc_metric("swd", G_ema, dict(path=workspace.data, xflip=False), CPU, num_workers=0)
+    standalone = metrics.calc_metric(
+        "swd", G_ema, dict(path=workspace.data, xflip=False), CPU, dataset_factory=ImageFolderDataset, num_workers=0
+    )
     assert standalone["results"]["swd"] == pytest.approx(records[-1]["results"]["swd"], rel=1e-6)

@@ -5,7 +5,8 @@ import pytest
 import scipy.signal
 import torch
 
-from training.networks_stylegan3 import Generator, design_lowpass_filter, layer_schedule, make_transform
+from torch_utils.alias_free import design_lowpass_filter, make_transform
+from training.networks_stylegan3 import Generator, layer_schedule
 
 
 def tiny_G(res=16, **kwargs):

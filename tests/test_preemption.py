@@ -14,24 +14,18 @@ import psutil
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import ROOT, script_env, tiny
 
 import train
 from training import checkpoint, preemption
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=ada", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1"]
-
-
-@pytest.fixture(scope="module")
-def data(shapes8: Path) -> Path:
-    """The shared 64-image, 8x8 demo dataset (conftest.py)."""
-    return shapes8
+TINY = tiny(aug="ada")  # ADA on, so the bit-identical resumes cover its state too.
 
 
 def start_training(*args: str, cwd: Path) -> subprocess.Popen:
     """train.py in a fresh interpreter, its output (stdout and stderr together) readable line by line."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    env = script_env(PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -75,6 +69,7 @@ def assert_identical(a: dict, b: dict) -> None:
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[opt]["state"][index][key])), (opt, key)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_state_and_the_resumed_run_ends_bit_identical(tmp_path, data):
     common = [f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=0.2", "--tick=0.04", "--workers=0"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -97,6 +92,7 @@ def test_sigterm_saves_a_state_and_the_resumed_run_ends_bit_identical(tmp_path, 
     assert_identical(final_state(straight), final_state(split))
 
 
+@pytest.mark.slow
 def test_sigint_to_the_launcher_of_two_processes_stops_both_and_the_resumed_run_ends_bit_identical(tmp_path, data):
     common = [f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=0.16", "--tick=0.04", "--workers=0"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -115,6 +111,7 @@ def test_sigint_to_the_launcher_of_two_processes_stops_both_and_the_resumed_run_
     assert_identical(final_state(straight), final_state(split))
 
 
+@pytest.mark.slow
 def test_training_states_between_snapshots_by_kimg(tmp_path, data):
     outdir = tmp_path / "runs"
     args = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=0.06", "--tick=1"]
@@ -133,6 +130,7 @@ def spawned_ranks(launcher: psutil.Process) -> list[psutil.Process]:
     return sorted(children, key=lambda p: p.create_time())
 
 
+@pytest.mark.slow
 def test_a_stopped_rank_is_named_within_the_timeout(tmp_path, data):
     outdir = tmp_path / "runs"
     args = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=10", "--tick=0.04"]
@@ -152,6 +150,7 @@ def test_a_stopped_rank_is_named_within_the_timeout(tmp_path, data):
     assert time.time() - stopped_at < 60  # 6 s, plus the time to notice and tear down; not gloo's 30 minutes.
 
 
+@pytest.mark.slow
 def test_divergence_stops_naming_the_last_finite_snapshot(tmp_path, data):
     outdir = tmp_path / "runs"
     args = [f"--outdir={outdir}", f"--data={data}", *TINY, "--aug=noaug", "--gpus=1", "--batch=4", "--kimg=1"]
@@ -189,6 +188,7 @@ with StopRequest() as stop:
 """
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", STOP_SCRIPT], env=env, capture_output=True, text=True, timeout=60)

@@ -3,8 +3,6 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -12,31 +10,14 @@ import numpy as np
 import PIL.Image
 import pytest
 from click.testing import CliRunner
+from helpers import run_script, tiny
 
 import gen_images
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--gamma=1", "--aug=noaug", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1", "--workers=0"]
+TINY = tiny(cfg=None, workers=0)  # Each test names its preset.
 
-
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run one of the root scripts in a fresh interpreter and fail with its output if it fails."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    run_script(
-        "dataset_tool.py", "--source=demo:shapes", f"--dest={folder / 'shapes8.zip'}", "--resolution=8x8",
-        "--max-images=32", cwd=folder,
-    )  # fmt: skip
-    return folder / "shapes8.zip"
+# Every test trains a preset in a subprocess and renders with the scripts.
+pytestmark = pytest.mark.slow
 
 
 def train_two_ticks(cfg: str, data: Path, outdir: Path) -> Path:

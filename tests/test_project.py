@@ -1,16 +1,15 @@
 """Project-level checks: the README quick start, CI, dependencies and forbidden imports."""
 
+import ast
 import importlib.util
 import os
 import re
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def _quick_start_commands() -> list[str]:
@@ -47,7 +46,65 @@ def test_no_private_or_deprecated_imports():
             continue
         if forbidden.search(path.read_text()):
             offenders.append(str(path.relative_to(ROOT)))
-    assert offenders == []
+    assert not offenders, "\n".join(offenders)
+
+
+# Imports run one way: each package may import only the packages before it (issue 15).
+LAYERS = ["dnnlib", "torch_utils", "metrics", "training"]
+
+
+def _imported_modules(path, tree) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file, including those inside functions."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # Relative: resolve against the file's package.
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found += [(node.lineno, f"{base}.{alias.name}" if base else alias.name) for alias in node.names]
+    return found
+
+
+def _package_files():
+    """(layer index, path, syntax tree) of every .py file of the packages."""
+    for index, layer in enumerate(LAYERS):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            yield index, path, ast.parse(path.read_text(), str(path))
+
+
+def test_imports_run_one_way():
+    """dnnlib <- torch_utils <- metrics <- training <- entry scripts: no package imports a later one or a script."""
+    scripts = {path.stem for path in ROOT.glob("*.py")}
+    offenders = []
+    for index, path, tree in _package_files():
+        for line, module in _imported_modules(path, tree):
+            top = module.split(".")[0]
+            if top in scripts or (top in LAYERS and LAYERS.index(top) > index):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_collectives_only_in_distributed_py():
+    """Every cross-rank operation goes through torch_utils/distributed.py: no `torch.distributed` elsewhere."""
+    files = [(path, tree) for _index, path, tree in _package_files()]
+    files += [(path, ast.parse(path.read_text(), str(path))) for path in sorted(ROOT.glob("*.py"))]
+    offenders = []
+    for path, tree in files:
+        if path == ROOT / "torch_utils" / "distributed.py":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "torch.distributed":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+        offenders += [
+            f"{path.relative_to(ROOT)}:{line} imports {module}"
+            for line, module in _imported_modules(path, tree)
+            if module.startswith("torch.distributed")
+        ]
+    assert not offenders, "\n".join(offenders)
 
 
 @pytest.mark.parametrize("module", ["dnnlib", "torch_utils.ops.upfirdn2d", "training.dataset"])
@@ -55,6 +112,7 @@ def test_modules_import_in_a_fresh_interpreter(module):
     subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, check=True)
 
 
+@pytest.mark.slow
 def test_a_regular_install_has_the_commands_and_the_kernel_sources(tmp_path):
     """`pip install .` (not editable): a wheel with the entry scripts as modules and commands, and the CUDA sources."""
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."]

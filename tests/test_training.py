@@ -16,33 +16,11 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import ROOT, TINY, run_dirs, run_script, script_env
 
 import gen_images
 import train
-from training import checkpoint, plots
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1"]
-
-
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run one of the root scripts in a fresh interpreter and fail with its output if it fails."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def data(shapes8: Path) -> Path:
-    """The shared 64-image, 8x8 demo dataset (conftest.py)."""
-    return shapes8
-
-
-def run_dirs(outdir: Path) -> list[Path]:
-    return sorted(p for p in outdir.iterdir() if p.is_dir())
+from training import checkpoint, config, plots
 
 
 def load_final_state(run_dir: Path) -> dict:
@@ -57,6 +35,7 @@ def assert_states_close(a: dict, b: dict, atol: float, rtol: float = 0.0) -> Non
             torch.testing.assert_close(a[net][name], b[net][name], atol=atol, rtol=rtol, msg=f"{net}.{name}")
 
 
+@pytest.mark.slow
 def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(
@@ -105,6 +84,7 @@ def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
     assert sorted(os.listdir(out)) == ["seed0000.png", "seed0003.png", "seed0004.png"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, data):
     # With ADA on, so the augmentation probability, its controller and the augment pipe's draws are covered too.
     common = [f"--data={data}", *TINY, "--aug=ada", "--gpus=1", "--batch=4", "--tick=0.5", "--snap=2", "--workers=0"]
@@ -131,6 +111,7 @@ def test_resume_continues_exactly(tmp_path, data):
     assert result.exit_code != 0 and "batch_gpu: 4 -> 2" in result.output
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(tmp_path, data):
     common = [f"--data={data}", *TINY, "--batch=8", "--batch-gpu=4", "--kimg=0.032", "--tick=1", "--workers=0"]
     run_script("train.py", f"--outdir={tmp_path / 'one'}", *common, "--gpus=1", cwd=tmp_path)
@@ -144,9 +125,10 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path, data):
     assert float(a["loss"]["pl_mean"]) > 0 and torch.allclose(a["loss"]["pl_mean"], b["loss"]["pl_mean"])
 
 
+@pytest.mark.slow
 def test_torchrun_launch(tmp_path, data):
     outdir = tmp_path / "runs"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = script_env()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
         f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=0.016", "--tick=1",
@@ -165,6 +147,7 @@ def test_torchrun_launch(tmp_path, data):
     assert result.returncode != 0 and "torchrun started 2 processes" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_resume_from_a_snapshot_pickle(tmp_path, data):
     outdir = tmp_path / "runs"
     common = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=1", "--workers=0"]
@@ -255,12 +238,68 @@ def test_dry_run_prints_the_config_and_writes_nothing(tmp_path, data):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "cfg, resolution, batch, expected",
+    [
+        # The StyleGAN3 training-configurations guide's table (batch 32; the same for -T and -R; CREPS follows it).
+        ("stylegan3-t", 128, 32, 0.5), ("stylegan3-r", 256, 32, 2), ("stylegan3-t", 512, 32, 8),
+        ("stylegan3-r", 1024, 32, 32), ("creps", 512, 32, 8),
+        # StyleGAN2-ADA's automatic configuration (the guide's table of its command lines).
+        ("stylegan2", 128, 32, 0.1024), ("stylegan2", 256, 16, 0.8192), ("stylegan2", 512, 8, 6.5536),
+        ("stylegan2", 1024, 4, 52.4288),
+    ],
+)  # fmt: skip
+def test_recommended_gamma_follows_the_published_tables(cfg, resolution, batch, expected):
+    assert config.recommended_gamma(cfg, resolution, batch)[0] == pytest.approx(expected)
+
+
+def test_gamma_far_from_the_rule_is_warned_about():
+    assert config.gamma_advice("stylegan3-t", 8.2, 512, 32) is None  # AFHQv2's published value
+    assert config.gamma_advice("stylegan3-t", 2, 256, 16) is None
+    assert config.gamma_advice("stylegan2", 10, 1024, 32) is None  # FFHQ's published StyleGAN2 value
+    high = config.gamma_advice("stylegan3-t", 32, 256, 32)  # The 1024x1024 value at 256x256.
+    assert high is not None and "--gamma=32 is 16x above" in high and "gives 2 at 256x256" in high
+    low = config.gamma_advice("stylegan2", 0.001, 256, 32)
+    assert low is not None and "410x below" in low and "--gamma=auto" in low
+    assert "turns R1 regularization off" in config.gamma_advice("creps", 0, 256, 32)
+
+
+def test_batch_advice_only_when_the_batch_differs_from_the_recipes():
+    assert config.batch_advice(32) is None
+    assert "larger --gamma" in config.batch_advice(16) and "--dlr" in config.batch_advice(16)
+    assert "experimenting" in config.batch_advice(64)
+
+
+def test_gamma_auto_is_printed_and_recorded(tmp_path, data):
+    args = [f"--outdir={tmp_path / 'runs'}", f"--data={data}", *TINY, "--gpus=1", "--batch=8", "--dry-run"]
+    result = CliRunner().invoke(train.main, [*args, "--cfg=stylegan3-t", "--gamma=auto"])
+    assert result.exit_code == 0, result.output
+    # 8x8 images: 64 / 32768 by the StyleGAN3 rule, rounded to 4 digits for the run directory's name.
+    assert "--gamma=auto: 0.001953, from the StyleGAN3 guide's rule" in result.output
+    assert '"gamma": 0.001953' in result.output and '"gamma_auto": true' in result.output
+    assert "gamma0.001953" in result.output
+    assert "Advice: --batch=8 is smaller than the published recipes' 32" in result.output
+    result = CliRunner().invoke(train.main, [*args, "--gamma=AUTO"])  # stylegan2: 0.0002 * 64 / 8
+    assert result.exit_code == 0 and '"gamma": 0.0016' in result.output, result.output
+    result = CliRunner().invoke(train.main, [*args, "--gamma=often"])
+    assert result.exit_code != 0 and "'often' is not a valid float" in result.output, result.output
+
+
+def test_far_gamma_is_warned_about_once_at_start(tmp_path, data):
+    args = [f"--outdir={tmp_path / 'runs'}", f"--data={data}", *TINY, "--gpus=1", "--batch=32", "--dry-run"]
+    result = CliRunner().invoke(train.main, [*args, "--gamma=5", "--mbstd-group=4"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("Advice:") == 1 and "--gamma=5 is 12500x above" in result.output, result.output
+
+
+@pytest.mark.slow
 def test_help_matches_docs():
     result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout == (ROOT / "docs" / "train-help.txt").read_text(), "regenerate: python train.py --help"
 
 
+@pytest.mark.slow
 def test_gen_images_refuses_bad_class(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(
@@ -286,6 +325,7 @@ def test_gen_images_refuses_bad_class(tmp_path, data):
     assert result.exit_code != 0 and "nope.pkl" in result.output
 
 
+@pytest.mark.slow
 def test_fixed_augmentation_is_applied_logged_and_saved(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(

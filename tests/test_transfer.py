@@ -1,43 +1,23 @@
 """Transfer learning: --freezed keeps D's first layers fixed; --resume across resolutions copies what fits."""
 
-import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY, run_script
 
 import train
 from training import checkpoint, networks_stylegan2, training_loop
 from training.config import TrainingConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=noaug", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1"]
-
-
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory) -> dict[int, Path]:
-    folder = tmp_path_factory.mktemp("data")
-    paths = {}
-    for res in (8, 16):
-        paths[res] = folder / f"shapes{res}.zip"
-        run_script(
-            "dataset_tool.py", "--source=demo:shapes", f"--dest={paths[res]}", f"--resolution={res}x{res}",
-            "--max-images=32", cwd=folder,
-        )  # fmt: skip
-    return paths
+def datasets(demo_shapes) -> dict[int, Path]:
+    """The demo dataset at 8x8 and 16x16 (conftest.py)."""
+    return {res: demo_shapes(res) for res in (8, 16)}
 
 
 def train_run(outdir: Path, data: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
@@ -49,6 +29,7 @@ def train_run(outdir: Path, data: Path, *extra: str) -> tuple[Path, subprocess.C
     return run_dir, result
 
 
+@pytest.mark.slow
 def test_freezed_layers_keep_their_initial_values(tmp_path, datasets):
     run_dir, _ = train_run(tmp_path / "runs", datasets[16], "--freezed=2")
     final = checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])["D"]
@@ -64,6 +45,7 @@ def test_freezed_layers_keep_their_initial_values(tmp_path, datasets):
         assert not torch.equal(final[name], initial[name]), f"{name} did not train"
 
 
+@pytest.mark.slow
 def test_resume_across_resolutions_copies_matching_tensors(tmp_path, datasets):
     small_dir, _ = train_run(tmp_path / "small", datasets[8])
     lone = tmp_path / "small-8px.pkl"  # Without its training state: weights only.

@@ -163,14 +163,94 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-@contextlib.contextmanager
-def ddp_sync(module: torch.nn.Module, sync: bool) -> Iterator[None]:
-    """Suppress DistributedDataParallel's gradient all-reduce unless `sync` (the last accumulation round)."""
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        yield
-    else:
-        with module.no_sync():
-            yield
+# Collectives of the default group. Each is a no-op with one process; every rank must make the same calls in the same
+# order. Tensors live on `collective_device()` (NCCL reduces CUDA tensors, gloo CPU ones).
+
+
+def collective_device() -> torch.device:
+    """Where the default group's collectives take tensors: this process's CUDA device under NCCL, else the CPU."""
+    if torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks, in place; returns it."""
+    if is_distributed():
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise minimum of `tensor` over ranks, in place; returns it."""
+    if is_distributed():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum of `tensor` over ranks, in place; returns it."""
+    if is_distributed():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor` (same shape and dtype on all ranks), in rank order."""
+    if not is_distributed():
+        return [tensor]
+    gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    torch.distributed.all_gather(gathered, tensor)
+    return gathered
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast(tensor: torch.Tensor) -> torch.Tensor:
+    """Overwrite `tensor` with rank 0's, in place; returns it."""
+    if is_distributed():
+        torch.distributed.broadcast(tensor, src=0)
+    return tensor
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's picklable `obj`, on every rank."""
+    if not is_distributed():
+        return obj
+    shared = [obj]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+# Device and process count, shared by the entry scripts.
+
+
+def select_device() -> torch.device:
+    """This process's GPU (made the current CUDA device), or the CPU when CUDA is unavailable."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", get_local_rank())
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def process_count_error(num_processes: int) -> str | None:
+    """Why `--gpus=num_processes` cannot run here (a torchrun job of another size, too few CUDA devices), or None."""
+    if under_torchrun() and int(os.environ["WORLD_SIZE"]) != num_processes:
+        return (
+            f"--gpus={num_processes} but torchrun started {os.environ['WORLD_SIZE']} processes; --gpus must be the "
+            f"total number of processes (nnodes * nproc-per-node)"
+        )
+    if not under_torchrun() and torch.cuda.is_available() and num_processes > torch.cuda.device_count():
+        return f"--gpus={num_processes} but this machine has {torch.cuda.device_count()} CUDA devices"
+    return None
 
 
 def under_torchrun() -> bool:

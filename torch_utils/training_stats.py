@@ -161,16 +161,12 @@ def _union_over_ranks(names: Iterable[str]) -> set[str]:
     names = set(names)
     if not distributed.is_distributed():
         return names
-    gathered: list[set[str] | None] = [None] * distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, names)
-    return set().union(*gathered)
+    return set().union(*distributed.all_gather_object(names))
 
 
 def _sum_over_ranks(moments: torch.Tensor) -> torch.Tensor:
     """All-reduce a CPU float64 tensor by summation, on the device the process group's backend needs."""
     if not distributed.is_distributed():
         return moments
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else None
-    reduced = moments.to(device) if device is not None else moments.clone()
-    torch.distributed.all_reduce(reduced)
-    return reduced.cpu()
+    reduced = moments.to(distributed.collective_device(), copy=True)  # A copy: the caller's moments stay local.
+    return distributed.all_reduce_sum(reduced).cpu()

@@ -5,11 +5,10 @@ option."""
 from __future__ import annotations
 
 import click
-import numpy as np
 import torch
 
+from torch_utils.alias_free import make_transform
 from training import checkpoint
-from training.networks_stylegan3 import make_transform
 
 
 def load_generator(network: str, device: torch.device) -> torch.nn.Module:
@@ -52,14 +51,12 @@ def parse_grid(value: str | tuple[int, int]) -> tuple[int, int]:
 
 def set_input_transform(G: torch.nn.Module, translate: tuple[float, float], rotate_deg: float) -> None:
     """Translate (in image widths) and rotate (degrees) a StyleGAN3 image through its input transform."""
-    transform = getattr(getattr(G.synthesis, "input", None), "transform", None)
-    if transform is None:
+    if not hasattr(G.synthesis, "set_input_transform"):
         raise click.ClickException(
             f"--translate and --rotate need a StyleGAN3 network (one with an input transform); this is a "
             f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
         )
-    matrix = np.linalg.inv(make_transform(translate, rotate_deg))  # The buffer maps output to input coordinates.
-    transform.copy_(torch.from_numpy(matrix))
+    G.synthesis.set_input_transform(make_transform(translate, rotate_deg))
 
 
 def check_scale(G: torch.nn.Module, scale: float) -> None:

@@ -206,7 +206,7 @@ class StyleGAN2Loss:
         agree to redo the phase (--batch-gpu=auto). A no-op with one process."""
         if distributed.is_distributed() and self._has_pl(phase) and not self._pl_reduced:
             nothing = torch.zeros([2], dtype=torch.float64, device=self.pl_mean.device)  # [sum, count]
-            torch.distributed.all_reduce(nothing)
+            distributed.all_reduce_sum(nothing)
             self._pl_reduced = True
 
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -262,9 +262,7 @@ class StyleGAN2Loss:
             The new mean m = lerp(m_old, mean_j l_j, pl_decay) and the gradient coefficient
             g = -(2 d / B) sum_i (l_i - m) = -2 d (mean_j l_j - m) over all B lengths, both float64 scalars.
         """
-        totals = local.clone()
-        if distributed.is_distributed():
-            torch.distributed.all_reduce(totals)
+        totals = distributed.all_reduce_sum(local.clone())
         self._pl_reduced = True
         mean_length = totals[0] / totals[1]
         pl_mean = self.pl_mean.double().lerp(mean_length, self.pl_decay)
@@ -342,9 +340,7 @@ class StyleGAN2Loss:
 
         Collective: every rank must call it at the same step.
         """
-        signs = self._real_signs.clone()
-        if distributed.is_distributed():
-            torch.distributed.all_reduce(signs)
+        signs = distributed.all_reduce_sum(self._real_signs.clone())
         self._real_signs.zero_()
         return float(signs[0] / signs[1]) if signs[1] > 0 else 0.0
 
@@ -354,7 +350,7 @@ class StyleGAN2Loss:
         Collective: call on every rank right before rank 0 saves a training state.
         """
         if distributed.is_distributed():
-            torch.distributed.all_reduce(self._real_signs)
+            distributed.all_reduce_sum(self._real_signs)
             if not distributed.is_main():
                 self._real_signs.zero_()
 

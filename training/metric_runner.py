@@ -12,6 +12,7 @@ import torch
 import dnnlib
 import metrics
 from torch_utils import distributed
+from training.dataset import ImageFolderDataset
 from training.run_log import RunLog, read_jsonl
 
 
@@ -42,8 +43,8 @@ class MetricRunner:
         results = []
         for name in self.names:
             result = metrics.calc_metric(
-                name, G_ema, self.dataset_kwargs, self.device, detector_dir=self.detector_dir,
-                num_workers=self.num_workers,
+                name, G_ema, self.dataset_kwargs, self.device, dataset_factory=ImageFolderDataset,
+                detector_dir=self.detector_dir, num_workers=self.num_workers,
             )  # fmt: skip
             metrics.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_pkl)
             if self.log is not None:

@@ -153,16 +153,6 @@ class Trainer:
 # Set-up.
 
 
-def select_device() -> torch.device:
-    """This process's GPU, or the CPU (float32) when CUDA is unavailable."""
-    if torch.cuda.is_available():
-        device = torch.device("cuda", distributed.get_local_rank())
-        torch.cuda.set_device(device)
-        return device
-    distributed.print0("No CUDA device found: training on the CPU in float32 (slow, but it works).")
-    return torch.device("cpu")
-
-
 def training_set_kwargs(c: TrainingConfig) -> dict:
     """ImageFolderDataset arguments; stored in snapshots so tools can reopen the same data."""
     return dict(path=c.data, use_labels=c.cond, xflip=c.mirror, max_size=None, random_seed=c.seed)
@@ -300,15 +290,14 @@ def reduce_gradients(module: torch.nn.Module, network: str) -> None:
     reached = [p.grad is not None for p in params]
     if distributed.is_distributed():  # Agree across ranks (one process needs no device round trip, so no sync).
         has_grad = torch.tensor(reached, dtype=torch.float32, device=params[0].device)  # [P]
-        torch.distributed.all_reduce(has_grad)
-        reached = [count > 0 for count in has_grad.tolist()]
+        reached = [count > 0 for count in distributed.all_reduce_sum(has_grad).tolist()]
     params = [p for p, r in zip(params, reached, strict=True) if r]
     if not params:
         training_stats.report(f"Progress/nonfinite_grads/{network}", 0)
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-    if distributed.is_distributed():
-        torch.distributed.all_reduce(flat)
+    flat = distributed.all_reduce_sum(
+        torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    )
     training_stats.report(f"Progress/nonfinite_grads/{network}", (~torch.isfinite(flat)).sum())
     flat = torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5)
     for p, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
@@ -446,7 +435,9 @@ def training_loop(c: TrainingConfig) -> None:
         SystemExit: A stop signal arrived; a training state was written first (see training.preemption).
     """
     start_time = time.time()
-    device = select_device()
+    device = distributed.select_device()
+    if device.type == "cpu":
+        distributed.print0("No CUDA device found: training on the CPU in float32 (slow, but it works).")
     torch.backends.cudnn.benchmark = c.cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = False  # Full float32 precision, as the published results used.
     torch.backends.cudnn.allow_tf32 = False
@@ -852,7 +843,7 @@ def broadcast_module(module: torch.nn.Module) -> None:
     """Make every rank's parameters and buffers equal to rank 0's."""
     if distributed.is_distributed():
         for tensor in list(module.parameters()) + list(module.buffers()):
-            torch.distributed.broadcast(tensor.data, src=0)
+            distributed.broadcast(tensor.data)
 
 
 def print_summaries(
@@ -905,11 +896,7 @@ def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
             progress = checkpoint.load_state(c.resume_state, mmap=True)["progress"]
             for note in run_log.drop_entries_after(c.run_dir, progress["cur_tick"], progress["cur_nimg"] // 1000):
                 print(note)
-    if distributed.is_distributed():
-        shared = [c]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        c = shared[0]
-    return c
+    return distributed.broadcast_object(c)
 
 
 def write_training_options(c: TrainingConfig) -> None:

@@ -1,0 +1,44 @@
+"""What the end-to-end tests share: the repository root, the tiny debug configuration's options, and running the
+root scripts in a fresh interpreter as users do. Fixtures (the demo datasets) are in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The tiny debug configuration of every end-to-end run: a StyleGAN2 of a few thousand parameters at 8x8, no
+# metrics (the 50k-image protocols take hours on a CPU) and a fixed R1 weight, so a tick takes seconds on a CPU.
+TINY_OPTIONS = dict(cfg="stylegan2", gamma=1, aug="noaug", metrics="none", cbase=64, cmax=8, map_depth=1)
+
+
+def tiny(**changes: object) -> list[str]:
+    """train.py's options for the tiny configuration; `changes` replace or add options (`map_depth=2` gives
+    `--map-depth=2`), and None leaves an option out (train.py's default then applies)."""
+    options = {**TINY_OPTIONS, **changes}
+    return [f"--{name.replace('_', '-')}={value}" for name, value in options.items() if value is not None]
+
+
+TINY = tiny()
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for a root script in a subprocess: one OpenMP thread, as the test processes use one intra-op
+    thread (conftest.py), so that two processes on two cores do not contend."""
+    return dict(os.environ, OMP_NUM_THREADS="1", **extra)
+
+
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run one of the root scripts in a fresh interpreter and fail with its output if it fails."""
+    command = [sys.executable, str(ROOT / script), *args]
+    result = subprocess.run(command, cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def run_dirs(outdir: Path) -> list[Path]:
+    """The run directories train.py made under `outdir`, oldest first."""
+    return sorted(p for p in outdir.iterdir() if p.is_dir())
