@@ -291,22 +291,21 @@ def check_state(c: TrainingConfig, dataset_info: dict) -> None:
         )
 
 
-class GammaParam(FiniteFloatRange):
+class OrAuto:
+    """Mixin for a click type: also accept the word 'auto' (any case), passed on as "auto"."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+
+class GammaParam(OrAuto, FiniteFloatRange):
     """--gamma: a finite number in range, or 'auto'."""
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        return super().convert(value, param, ctx)
 
-
-class BatchGpuParam(click.IntRange):
+class BatchGpuParam(OrAuto, click.IntRange):
     """--batch-gpu: an integer in range, or 'auto'."""
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        return super().convert(value, param, ctx)
 
 
 def print_config(c: TrainingConfig) -> None:

@@ -86,6 +86,15 @@ class Run:
         return copy.deepcopy({**self.t.state_dict(), "stats": self.collector.as_dict()})
 
 
+def state_lowered_at(c: TrainingConfig, steps: int, at_step: int, batch_gpu: int) -> dict:
+    """The state after `steps` steps whose batch_gpu is lowered to `batch_gpu` from step `at_step` on."""
+    reference = Run(c, steps=steps)
+    reference.steps(at_step)
+    reference.t.batch_gpu = batch_gpu
+    reference.steps(steps - at_step)
+    return reference.state()
+
+
 def flatten(value, prefix: str = "") -> dict:
     """Nested dicts and lists as {path: leaf}."""
     if isinstance(value, dict):
@@ -166,11 +175,7 @@ def test_the_option_accepts_auto_and_refuses_what_cannot_work(tmp_path, shapes8)
 @pytest.mark.parametrize("where", ["start", "end"])
 def test_halving_in_the_first_phase_equals_the_lower_batch_gpu_from_that_step(tmp_path, shapes8, monkeypatch, where):
     c = make_config(tmp_path, shapes8, "--batch=16", "--batch-gpu=auto")
-    reference = Run(c, steps=6)
-    reference.steps(2)
-    reference.t.batch_gpu = 8
-    reference.steps(4)
-    expected = reference.state()
+    expected = state_lowered_at(c, steps=6, at_step=2, batch_gpu=8)
 
     monkeypatch.setenv(INJECT, f"2:Gmain:8:{where}")
     run = Run(c, steps=6)
@@ -205,10 +210,7 @@ def test_halving_in_a_later_phase_undoes_its_effects(tmp_path, shapes8, monkeypa
 
 def test_halving_twice_in_one_step_and_refusing_when_it_cannot(tmp_path, shapes8, monkeypatch):
     c = make_config(tmp_path, shapes8, "--batch=16", "--batch-gpu=auto")
-    reference = Run(c, steps=2)
-    reference.t.batch_gpu = 4
-    reference.steps(2)
-    expected = reference.state()
+    expected = state_lowered_at(c, steps=2, at_step=0, batch_gpu=4)
     monkeypatch.setenv(INJECT, "0:Gmain:4:start")  # 16 and 8 fail: split into 2, then into 4 rounds.
     run = Run(c, steps=2)
     run.steps(2)
@@ -243,10 +245,7 @@ class FakeGauge:
 
 def test_probe_chooses_the_largest_that_fits_and_changes_nothing(tmp_path, shapes8, monkeypatch):
     c = make_config(tmp_path, shapes8, "--batch=16", "--batch-gpu=auto")
-    reference = Run(c, steps=3)
-    reference.t.batch_gpu = 4
-    reference.steps(3)
-    expected = reference.state()
+    expected = state_lowered_at(c, steps=3, at_step=0, batch_gpu=4)
 
     # 16 runs out of memory in its last phase (after the others changed the loss, buffers and statistics); 8 runs
     # but needs 90 % with Adam's state (under 1 % here); 4 fits.
