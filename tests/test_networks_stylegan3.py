@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+from direct_ops import direct_filtered_lrelu
 
 from torch_utils.alias_free import design_lowpass_filter, make_transform
+from torch_utils.ops import filtered_lrelu
 from training.networks_stylegan3 import Generator, layer_schedule
 
 
@@ -129,3 +131,26 @@ def test_magnitude_ema_tracks_layer_inputs():
     x = G.synthesis.input(ws[:, 0]).detach()
     G.synthesis(ws, update_emas=True)
     assert float(layer.magnitude_ema) == pytest.approx(0.5 * float(x.square().mean()) + 0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("conv_clamp", [None, 256, 0.5])
+def test_fast_reference_ops_give_the_images_and_gradients_of_the_definition(monkeypatch, conv_clamp):
+    # A snapshot must render the same images, and train the same way, as when filtered_lrelu was computed step by
+    # step: compare G against itself with the ops of tests/direct_ops.py, in float32 (conv_clamp 0.5 binds).
+    def direct(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter=False, impl="cuda"):
+        return direct_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=512, channel_max=16,
+                  num_fp16_res=0, conv_clamp=conv_clamp, mapping_kwargs=dict(num_layers=2))  # fmt: skip
+    z = torch.randn(3, 16)
+    results = []
+    for use_direct in (False, True):
+        if use_direct:
+            monkeypatch.setattr(filtered_lrelu, "filtered_lrelu", direct)
+        G.zero_grad(set_to_none=True)
+        img = G(z, None)
+        img.square().sum().backward()
+        results.append([img.detach()] + [p.grad for p in G.parameters() if p.grad is not None])
+    for fast, slow in zip(*results, strict=True):
+        assert (fast - slow).abs().max() <= 1e-5 * slow.abs().max()

@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from direct_ops import derivatives, direct_filtered_lrelu
 from numpy_ops import assert_matches, np_filtered_lrelu
 
-from torch_utils.ops.filtered_lrelu import filtered_lrelu
+from torch_utils.ops.filtered_lrelu import _clamp_is_inactive, filtered_lrelu
 from torch_utils.ops.upfirdn2d import setup_filter
 
 
@@ -49,6 +50,65 @@ def test_matches_numpy(up, down, fu, fd, padding, gain, slope, clamp, flip_filte
     assert_matches(y, np_filtered_lrelu(x.numpy(), _np(fu), _np(fd), _np(b), *args))
 
 
+# More cases for the reference path's shortcuts: a negative or zero gain (not folded into the filter), slope 1
+# (no leaky ReLU), a clamp that cannot bind (skipped) and one that binds hard, filters with negative taps.
+SHORTCUT_CASES = [
+    *CASES,
+    (2, 2, "1d", "1d", (4, 3), -1.5, 0.2, 0.8, False, True),
+    (2, 1, "2d4", None, 2, 0.0, 0.2, 0.5, False, True),
+    (1, 1, None, None, 0, 1.0, 1.0, 0.7, False, True),
+    (2, 2, "2d3", "1d", (3, 2, 4, 1), math.sqrt(2), 0.2, 1e4, True, True),
+    (4, 2, "1d", "2d4", (5, 4, 4, 5), 3.0, 1.5, 0.05, False, False),
+]
+
+
+@pytest.mark.parametrize("up, down, fu, fd, padding, gain, slope, clamp, flip_filter, bias", SHORTCUT_CASES)
+def test_first_and_second_derivatives_match_direct_definition(
+    up, down, fu, fd, padding, gain, slope, clamp, flip_filter, bias
+):
+    x = _randn(2, 3, 5, 6).requires_grad_(True)
+    b = _randn(3, seed=1).requires_grad_(True) if bias else None
+    fu, fd = _filter(fu, 2), _filter(fd, 3)
+    if fu is not None:
+        fu = fu - 0.3 * fu.mean()  # some negative taps
+    args = (up, down, padding, gain, slope, clamp, flip_filter)
+    inputs = [x] if b is None else [x, b]
+
+    def ours(x, b=None):
+        return filtered_lrelu(x, fu, fd, b, *args, impl="ref")
+
+    def direct(x, b=None):
+        return direct_filtered_lrelu(x, fu, fd, b, *args)
+
+    expected = derivatives(direct, inputs)
+    assert_matches(
+        expected[0],
+        np_filtered_lrelu(x.detach().numpy(), _np(fu), _np(fd), _np(None if b is None else b.detach()), *args),
+    )
+    for a, e in zip(derivatives(ours, inputs), expected, strict=True):
+        assert_matches(a, e.detach().numpy())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clamp_is_inactive_only_when_no_activation_reaches_it(seed):
+    rng = np.random.default_rng(seed)
+    fu = setup_filter(rng.uniform(-0.5, 1, size=[8] if seed % 2 else [4, 4]))
+    x = _randn(2, 3, 6, 6, seed=seed) * float(rng.uniform(0.1, 3))
+    up, gain, slope = 2, float(rng.uniform(-2, 2)), float(rng.uniform(-1.5, 1.5))
+    lrelu = direct_filtered_lrelu(x, fu, None, None, up, 1, 4, gain, slope, None, False)  # before the clamp
+    peak = float(lrelu.abs().max())
+    assert not _clamp_is_inactive(x, fu, up, gain, slope, peak)  # the bound is never below the real peak
+    assert _clamp_is_inactive(x, fu, up, gain, slope, 1e3 * peak)
+    assert not _clamp_is_inactive(x.clone().fill_(float("nan")), fu, up, gain, slope, 1e30)
+
+
+def test_channels_last_input_gives_channels_last_output():
+    x, f = _randn(1, 3, 5, 5), _filter("1d", 0)
+    y = filtered_lrelu(x.contiguous(memory_format=torch.channels_last), f, f, up=2, down=2, padding=5, impl="ref")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_matches(y, direct_filtered_lrelu(x, f, f, None, 2, 2, 5, math.sqrt(2), 0.2, None, False).numpy())
+
+
 def test_cuda_impl_on_cpu_equals_ref():
     x, b, f = _randn(1, 2, 4, 4), _randn(2, seed=1), _filter("2d4", 0)
     kwargs = dict(b=b, up=2, down=2, padding=(2, 1), clamp=0.5)
@@ -86,3 +146,13 @@ def test_rejects_bad_arguments(kwargs, message):
 def test_rejects_non_4d_input():
     with pytest.raises(AssertionError, match="4-D"):
         filtered_lrelu(torch.zeros(2, 4, 4))
+
+
+def test_filter_gradients_flow_through_the_reference_path():
+    # A filter that needs gradients makes the upsampled tensor part of the graph even when x is not.
+    x, fu, fd = _randn(1, 2, 4, 4), _filter("2d4", 2).requires_grad_(True), _filter("1d", 3).requires_grad_(True)
+    args = (2, 2, (2, 1, 1, 2), math.sqrt(2), 0.2, None, False)
+    ours = derivatives(lambda fu, fd: filtered_lrelu(x, fu, fd, None, *args, impl="ref"), [fu, fd])
+    direct = derivatives(lambda fu, fd: direct_filtered_lrelu(x, fu, fd, None, *args), [fu, fd])
+    for a, e in zip(ours, direct, strict=True):
+        assert_matches(a, e.detach().numpy())

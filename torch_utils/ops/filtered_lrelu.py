@@ -16,6 +16,7 @@ clamp are piecewise linear.
 import math
 
 import torch
+import torch.nn.functional as F
 
 from torch_utils import custom_ops
 
@@ -25,10 +26,11 @@ from .upfirdn2d import (
     Padding,
     _correlation_weights,
     _get_filter_size,
+    _memory_format_of,
     _output_size,
     _parse_padding,
     _upfirdn2d_cuda,
-    upfirdn2d,
+    _upfirdn2d_ref,
 )
 
 _KERNEL_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -97,14 +99,58 @@ def _filtered_lrelu_ref(
     clamp: float | None,
     flip_filter: bool,
 ) -> torch.Tensor:
-    """Pure-PyTorch filtered_lrelu; see filtered_lrelu for the arguments."""
+    """Pure-PyTorch filtered_lrelu; see filtered_lrelu for the arguments. The result has x's memory format.
+
+    The upsampled signal is the largest tensor of a StyleGAN3 layer, so the passes over it are kept few and
+    cheap. On the CPU it is channels-last from the upsampling to the downsampling: mkldnn's depthwise (transposed)
+    convolutions run several times faster in that layout, backward passes included, and only the small input and
+    output are converted. A positive gain rides on the upsampling filter, as
+    gain * lrelu(v) == lrelu(gain * v) for gain > 0. The leaky ReLU and the clamp work in place where autograd
+    allows (each big tensor allocated is a round of page faults), the clamp with a one-pass backward, and the
+    clamp is left out where it provably cannot bind (see _clamp_is_inactive). tests/direct_ops.py keeps the
+    step-by-step definition that the tests compare this with.
+    """
     _check_args(x, fu, fd, up, down)
+    memory_format = _memory_format_of(x)
+    if x.device.type == "cpu":  # mkldnn's depthwise convolutions; a GPU's are not known to prefer it
+        x = x.contiguous(memory_format=torch.channels_last)
 
     x = bias_act(x, b, dim=1, impl="ref")
+    if clamp is not None and _clamp_is_inactive(x, fu, up, gain, slope, clamp):
+        clamp = None
     # The zeros inserted by upsampling dilute the signal by up*up; the filter gain restores its level.
-    x = upfirdn2d(x, fu, up=up, padding=padding, flip_filter=flip_filter, gain=up**2, impl="ref")
-    x = bias_act(x, act="lrelu", alpha=slope, gain=gain, clamp=clamp, impl="ref")
-    return upfirdn2d(x, fd, down=down, flip_filter=flip_filter, impl="ref")
+    fold_gain = gain > 0
+    up_gain = up**2 * (gain if fold_gain else 1)
+    x = _upfirdn2d_ref(x, fu, up=up, down=1, padding=padding, flip_filter=flip_filter, gain=up_gain)
+    graph = x.requires_grad
+    own = fu is not None  # x is a new tensor of this function's, which no autograd node keeps
+    if slope != 1:
+        # In place, autograd keeps the leaky ReLU's output (so no clamp may overwrite it), and needs slope > 0.
+        inplace = own and (not graph or (clamp is None and slope > 0))
+        x, own = F.leaky_relu(x, slope, inplace=inplace), not (graph and inplace)
+    if not fold_gain:
+        x, own = x * gain, True
+    if clamp is not None:
+        x = F.hardtanh(x, -clamp, clamp, inplace=own)
+    x = _upfirdn2d_ref(x, fd, up=1, down=down, padding=0, flip_filter=flip_filter, gain=1)
+    return x.contiguous(memory_format=memory_format)
+
+
+def _clamp_is_inactive(
+    x: torch.Tensor, fu: torch.Tensor | None, up: int, gain: float, slope: float, clamp: float
+) -> bool:
+    """True when no activation can reach the clamp, so that skipping it changes neither values nor gradients.
+
+    Every upsampled sample is a sum of input samples (x, bias included) times taps of fu times up**2, so its
+    magnitude is at most max|x| * sum|fu| * up**2 (sum|fu| squared for a separable fu, which runs along both
+    axes); the leaky ReLU scales a magnitude by at most max(1, |slope|), the gain by |gain|. The margin covers
+    float rounding. Checked on the CPU only: it reads one number back, which would stall a GPU's queue.
+    """
+    if x.device.type != "cpu":
+        return False
+    taps_l1 = 1.0 if fu is None else float(fu.detach().abs().sum()) ** (2 if fu.ndim == 1 else 1)
+    bound = float(x.detach().abs().amax()) * taps_l1 * up**2 * abs(gain) * max(1.0, abs(slope))
+    return bound * 1.001 < clamp  # False for a NaN or infinite x, which the clamp must see
 
 
 # ----------------------------------------------------------------------------

@@ -155,25 +155,105 @@ def _upfirdn2d_ref(
     flip_filter: bool,
     gain: float,
 ) -> torch.Tensor:
-    """Pure-PyTorch upfirdn2d; see upfirdn2d for the arguments."""
-    (upx, upy), (downx, downy), (px0, px1, py0, py1) = _check_args(x, f, up, down, padding)
-    _, channels, in_h, in_w = x.shape
+    """Pure-PyTorch upfirdn2d; see upfirdn2d for the arguments. The result has x's memory format.
 
-    # Zero insertion: every up-th sample is an input sample, the rest (trailing ones included) are zero.
+    Polyphase: upsampling is a transposed convolution with stride `up`, which neither multiplies nor stores the
+    inserted zeros, and downsampling is a convolution with stride `down`, which computes only the samples that
+    decimation keeps (see _fir_pass). Both are depthwise (groups=C) convolutions. tests/direct_ops.py keeps the
+    step-by-step definition that the tests compare this with.
+    """
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = _check_args(x, f, up, down, padding)
+    memory_format = _memory_format_of(x)
+    if f is None:
+        y = _upfirdn2d_identity(x, (upx, upy), (downx, downy), (px0, px1, py0, py1), gain)
+    else:
+        f = f.to(device=x.device, dtype=x.dtype)
+        taps = f if flip_filter else f.flip(list(range(f.ndim)))  # correlation taps: a true convolution flips f
+        if f.ndim == 2:
+            y = _fir_pass(x, taps * gain, (upx, upy), (downx, downy), (px0, px1, py0, py1))
+        else:  # separable: the width pass carries the whole gain (not gain**0.5 per pass), so a negative gain works
+            y = _fir_pass(x, (taps * gain)[None, :], (upx, 1), (downx, 1), (px0, px1, 0, 0))  # [N, C, H, W']
+            y = _fir_pass(y, taps[:, None], (1, upy), (1, downy), (0, 0, py0, py1))  # [N, C, H', W']
+    return y.contiguous(memory_format=memory_format)  # cropping and decimation leave strided views
+
+
+def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """torch.channels_last if x is stored so (and not also plain contiguous), else torch.contiguous_format."""
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def _fir_pass(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    up: tuple[int, int],
+    down: tuple[int, int],
+    padding: tuple[int, int, int, int],
+) -> torch.Tensor:
+    """upfirdn2d of every channel of x [N, C, H, W] with the 2-D correlation taps w [fh, fw] (gain included).
+
+    Along one axis, with input length H, taps w[0..k-1], factors u and d and padding (p0, p1), the definition is
+    a 'valid' correlation of the padded, zero-inserted input z (z[u*i] = x[i], zero elsewhere), decimated:
+        y[n] = sum_t w[t] z[d*n + t - p0],   n = 0 .. (H*u + p0 + p1 - k) // d.
+    With u = 1 this is F.conv2d with stride d (zero padding p0, p1; a negative amount crops). With u > 1,
+    F.conv_transpose2d(x, flip(w), stride=u) gives T[m] = sum_i x[i] w[k-1 - (m - u*i)] of length (H-1)*u + k,
+    the full convolution of z with flip(w), and y[n] = T[d*n + k-1 - p0]: T padded by p0 - (k-1) on the left
+    and by p1 + u - k on the right (negative amounts crop), then decimated.
+    """
+    channels = x.shape[1]
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = up, down, padding
+    fh, fw = w.shape
+    if upx == 1 and upy == 1:
+        x, inner = _pad_outside(x, px0, px1, py0, py1)
+        weight = w[None, None].expand(channels, 1, fh, fw)  # [C, 1, fh, fw]
+        return F.conv2d(x, weight, stride=(downy, downx), padding=inner, groups=channels)
+
+    weight = w.flip([0, 1])[None, None].expand(channels, 1, fh, fw)  # [C, 1, fh, fw], conv_transpose2d's layout
+    # conv_transpose2d's own padding crops an equal amount from both ends; the rest is _pad_outside's.
+    pads = [px0 - (fw - 1), px1 + upx - fw, py0 - (fh - 1), py1 + upy - fh]
+    crop_y, crop_x = max(0, -max(pads[2:])), max(0, -max(pads[:2]))
+    x = F.conv_transpose2d(x, weight, stride=(upy, upx), padding=(crop_y, crop_x), groups=channels)
+    pads = [pads[0] + crop_x, pads[1] + crop_x, pads[2] + crop_y, pads[3] + crop_y]
+    x, _ = _pad_outside(x, *pads, inner=False)
+    return x if downx == 1 and downy == 1 else x[:, :, ::downy, ::downx]
+
+
+def _pad_outside(
+    x: torch.Tensor, px0: int, px1: int, py0: int, py1: int, inner: bool = True
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad x by (px0, px1, py0, py1), negative amounts cropping (a view). With inner=True, the part of the padding
+    that is equal on both sides of an axis is left out and returned as (py, px), for a convolution's own padding.
+    """
+    in_py = min(py0, py1) if inner and py0 > 0 and py1 > 0 else 0
+    in_px = min(px0, px1) if inner and px0 > 0 and px1 > 0 else 0
+    px0, px1, py0, py1 = px0 - in_px, px1 - in_px, py0 - in_py, py1 - in_py
+    if min(px0, px1, py0, py1) < 0:
+        height, width = x.shape[2:]
+        x = x[:, :, max(-py0, 0) : height - max(-py1, 0), max(-px0, 0) : width - max(-px1, 0)]
+    if max(px0, px1, py0, py1) > 0:
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    return x, (in_py, in_px)
+
+
+def _upfirdn2d_identity(
+    x: torch.Tensor,
+    up: tuple[int, int],
+    down: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    gain: float,
+) -> torch.Tensor:
+    """upfirdn2d with the identity filter: zero insertion, padding, gain and decimation, by indexing."""
+    (upx, upy), (downx, downy) = up, down
     if upx > 1 or upy > 1:
-        upsampled = x.new_zeros([x.shape[0], channels, in_h * upy, in_w * upx])  # [N, C, H*upy, W*upx]
+        batch, channels, in_h, in_w = x.shape
+        upsampled = x.new_zeros([batch, channels, in_h * upy, in_w * upx])  # [N, C, H*upy, W*upx]
         upsampled[:, :, ::upy, ::upx] = x
         x = upsampled
-
-    # F.pad crops where an amount is negative.
-    x = F.pad(x, [px0, px1, py0, py1])  # [N, C, padded_h, padded_w]
-
-    if f is not None:
-        x = _depthwise_filter(x, f.to(device=x.device, dtype=x.dtype), flip_filter=flip_filter, gain=gain)
-    elif gain != 1:
+    x, _ = _pad_outside(x, *padding, inner=False)
+    if gain != 1:
         x = x * gain
-
-    return x[:, :, ::downy, ::downx]
+    return x if downx == 1 and downy == 1 else x[:, :, ::downy, ::downx]
 
 
 def _check_args(
@@ -193,21 +273,6 @@ def _check_args(
         f"smaller than the {fh}x{fw} filter"
     )
     return (upx, upy), (downx, downy), (px0, px1, py0, py1)
-
-
-def _depthwise_filter(x: torch.Tensor, f: torch.Tensor, flip_filter: bool, gain: float) -> torch.Tensor:
-    """Filter each channel of x with f in 'valid' mode; a 1-D f runs along width, then height."""
-    channels = x.shape[1]
-    if not flip_filter:
-        f = f.flip(list(range(f.ndim)))  # F.conv2d correlates; flipping the taps makes it a true convolution
-    if f.ndim == 2:
-        weight = (f * gain)[None, None].expand(channels, 1, *f.shape)  # [C, 1, fh, fw]
-        return F.conv2d(x, weight, groups=channels)
-
-    # Separable: the width pass carries the whole gain (rather than gain**0.5 per pass) so a negative gain works.
-    taps = f.shape[0]
-    x = F.conv2d(x, (f * gain).reshape(1, 1, 1, taps).expand(channels, 1, 1, taps), groups=channels)
-    return F.conv2d(x, f.reshape(1, 1, taps, 1).expand(channels, 1, taps, 1), groups=channels)
 
 
 def _shape(x) -> str:
