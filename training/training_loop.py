@@ -21,7 +21,7 @@ import psutil
 import torch
 
 import dnnlib
-from torch_utils import distributed, misc, training_stats
+from torch_utils import distributed, host_memory, misc, training_stats
 from training import batch_memory, checkpoint, plots, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
@@ -438,6 +438,7 @@ def training_loop(c: TrainingConfig) -> None:
     device = distributed.select_device()
     if device.type == "cpu":
         distributed.print0("No CUDA device found: training on the CPU in float32 (slow, but it works).")
+        host_memory.keep_freed_memory()  # No page faults on reused tensors (torch_utils/host_memory.py).
     torch.backends.cudnn.benchmark = c.cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = False  # Full float32 precision, as the published results used.
     torch.backends.cudnn.allow_tf32 = False
