@@ -1,9 +1,14 @@
 """Tests for torch_utils.misc and the single-process behaviour of torch_utils.distributed."""
 
 import itertools
+import os
+import signal
+import socket
+import threading
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from torch_utils import distributed, misc
 
@@ -115,6 +120,40 @@ def test_distributed_single_process_defaults(capsys):
     assert distributed.all_gather(x) == [x] and distributed.all_gather_object("a") == ["a"]
     assert distributed.broadcast_object({"a": 1}) == {"a": 1}
     assert distributed.select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _blocked_signals(tid: int) -> set[int]:
+    """The signals thread `tid` of this process blocks, from /proc."""
+    with open(f"/proc/self/task/{tid}/status") as f:
+        mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def _signal_mask_worker(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    before = set(os.listdir("/proc/self/task"))
+    distributed.init(backend="gloo")
+    try:
+        distributed.barrier()
+        started = [int(tid) for tid in set(os.listdir("/proc/self/task")) - before]  # By the process group.
+        results.put((rank, _blocked_signals(threading.get_native_id()), [_blocked_signals(t) for t in started]))
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread signal masks from Linux's /proc")
+def test_stop_signals_reach_only_the_main_thread_of_a_process_group_member():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.get_context("spawn").Queue()
+    mp.start_processes(_signal_mask_worker, args=(port, results), nprocs=2, start_method="spawn")
+    for _ in range(2):
+        rank, main, started = results.get(timeout=60)
+        stop = {signal.SIGINT, signal.SIGTERM}
+        assert not stop & main, f"rank {rank}: the main thread must receive the stop signals"
+        assert len(started) >= 2, f"rank {rank}: gloo runs threads of its own; found {len(started)} new ones"
+        assert all(stop <= blocked for blocked in started), f"rank {rank}: a gloo thread accepts a stop signal"
 
 
 def test_process_count_error_names_the_torchrun_job_size(monkeypatch):

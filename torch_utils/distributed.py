@@ -46,14 +46,34 @@ def init(backend: str | None = None, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -
     if backend == "nccl":
         torch.cuda.set_device(get_local_rank())
     timeout = datetime.timedelta(seconds=timeout_sec)
-    torch.distributed.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    with main_thread_signals_only():
+        torch.distributed.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        _Job.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+        # Short store timeout: if the store's host (rank 0) is the rank that stopped, naming it must not take as long.
+        _Job.store = torch.distributed.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            timeout=datetime.timedelta(seconds=min(timeout_sec, 30)),
+        )  # fmt: skip
     _Job.timeout_sec = timeout_sec
-    _Job.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-    # Short store timeout: if the store's host (rank 0) is the rank that stopped, naming it must not take as long.
-    _Job.store = torch.distributed.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-        timeout=datetime.timedelta(seconds=min(timeout_sec, 30)),
-    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def main_thread_signals_only() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in the threads started inside (the backends' network and worker threads inherit
+    the mask); this thread's mask is restored on leaving.
+
+    A stop signal is meant for the training loop's handler (training.preemption), which Python runs on the main
+    thread. Blocked in the communication threads, it is never delivered to one of them, where it could interrupt a
+    socket call in the middle of a collective.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Not on Windows; nothing to protect there.
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def agree(flags: list[bool]) -> list[bool]:
