@@ -23,7 +23,9 @@ from training.config import (
     ConfigError,
     TrainingConfig,
     batch_advice,
+    fine_tuning,
     gamma_advice,
+    recipe_settings,
     recommended_gamma,
     validate,
 )
@@ -55,10 +57,6 @@ def build_config(
     if gamma == "auto":  # Rounded to 4 digits: the value the run directory's name shows.
         gamma = float(f"{recommended_gamma(opts.cfg, dataset_info['resolution'], opts.batch)[0]:.4g}")
 
-    mult = preset.G_channel_mult
-    G_kwargs = dict(channel_base=opts.cbase * mult, channel_max=opts.cmax * mult, **preset.G_kwargs)
-    if preset.magnitude_ema:
-        G_kwargs["magnitude_ema_beta"] = 0.5 ** (opts.batch / 20_000)
     c = TrainingConfig(
         outdir=opts.outdir,
         cfg=opts.cfg,
@@ -83,10 +81,8 @@ def build_config(
         style_mixing_prob=preset.style_mixing_prob,
         pl_weight=preset.pl_weight,
         G_reg_interval=preset.G_reg_interval,
-        G_kwargs=G_kwargs,
         blur_init_sigma=preset.blur_init_sigma,
-        blur_fade_kimg=opts.batch * preset.blur_fade_kimg_per_32 / 32,
-        ema_kimg=opts.batch * 10 / 32,
+        **recipe_settings(opts.cfg, opts.batch, opts.cbase, opts.cmax),
         aug=opts.aug,
         p=opts.p,
         target=opts.target,
@@ -106,9 +102,7 @@ def build_config(
     )
     c = resolve_resume(c)
     if c.resume_pkl is not None:
-        # Fine-tuning from a snapshot's weights (the published recipe): ADA reacts 5x faster, the EMA half-life
-        # does not ramp up, and StyleGAN3-R's blur starts off.
-        c = dataclasses.replace(c, ada_kimg=100, ema_rampup=None, blur_init_sigma=0.0)
+        c = fine_tuning(c)
     try:
         validate(c, dataset_info)
     except ConfigError as error:

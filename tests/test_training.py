@@ -253,6 +253,27 @@ def test_recommended_gamma_follows_the_published_tables(cfg, resolution, batch, 
     assert config.recommended_gamma(cfg, resolution, batch)[0] == pytest.approx(expected)
 
 
+def test_recipe_settings_scale_with_the_batch_as_the_published_train_py():
+    # StyleGAN3-R at the recipes' batch 32: doubled channels, a 10 kimg G_ema half-life, blur fading over 200 kimg,
+    # magnitudes decaying by half every 20k images (per step: 0.5 ** (32 / 20000)).
+    r = config.recipe_settings("stylegan3-r", batch=32, cbase=32768, cmax=512)
+    assert r["G_kwargs"]["channel_base"] == 65536 and r["G_kwargs"]["channel_max"] == 1024
+    assert r["G_kwargs"]["conv_kernel"] == 1 and r["G_kwargs"]["use_radial_filters"]
+    assert r["G_kwargs"]["magnitude_ema_beta"] == 0.5 ** (32 / 20000)
+    assert (r["ema_kimg"], r["blur_fade_kimg"]) == (10, 200)
+    # StyleGAN2 at batch 64: twice the half-life, no blur, no magnitude decay, channels as given.
+    s = config.recipe_settings("stylegan2", batch=64, cbase=16384, cmax=256)
+    assert s == dict(G_kwargs=dict(channel_base=16384, channel_max=256), ema_kimg=20, blur_fade_kimg=0)
+
+
+def test_fine_tuning_changes_only_the_published_three_settings():
+    c = config.TrainingConfig(outdir="runs", cfg="stylegan3-r", data="d.zip", blur_init_sigma=10)
+    tuned = config.fine_tuning(c)
+    changed = {f for f in c.__dataclass_fields__ if getattr(c, f) != getattr(tuned, f)}
+    assert changed == {"ada_kimg", "ema_rampup", "blur_init_sigma"}
+    assert (tuned.ada_kimg, tuned.ema_rampup, tuned.blur_init_sigma) == (100, None, 0.0)
+
+
 def test_gamma_far_from_the_rule_is_warned_about():
     assert config.gamma_advice("stylegan3-t", 8.2, 512, 32) is None  # AFHQv2's published value
     assert config.gamma_advice("stylegan3-t", 2, 256, 16) is None

@@ -130,6 +130,36 @@ def batch_advice(batch: int) -> str | None:
     )
 
 
+# The published recipes' arithmetic: settings tuned at batch RECIPE_BATCH that train.py scales with --batch, and
+# the changes for fine-tuning from a snapshot's weights.
+EMA_KIMG_AT_RECIPE_BATCH = 10  # G_ema's half-life at batch 32; batch * 10 / 32 kimg in general.
+MAGNITUDE_EMA_NIMG = 20_000  # StyleGAN3's layer magnitudes: decay 0.5 ** (batch / 20_000) per step.
+FINE_TUNING_ADA_KIMG = 100  # ADA's p may go from 0 to 1 in this many kimg when fine-tuning (500 from scratch).
+
+
+def recipe_settings(cfg: str, batch: int, cbase: int, cmax: int) -> dict[str, Any]:
+    """The TrainingConfig fields that preset `cfg` derives from the batch and the capacity options: G's options
+    (channel counts times the preset's multiplier, StyleGAN3's magnitude decay), the G_ema half-life and the
+    StyleGAN3-R blur fade, as the published train.py computes them."""
+    preset = PRESETS[cfg]
+    G_kwargs = dict(
+        channel_base=cbase * preset.G_channel_mult, channel_max=cmax * preset.G_channel_mult, **preset.G_kwargs
+    )
+    if preset.magnitude_ema:
+        G_kwargs["magnitude_ema_beta"] = 0.5 ** (batch / MAGNITUDE_EMA_NIMG)
+    return dict(
+        G_kwargs=G_kwargs,
+        ema_kimg=batch * EMA_KIMG_AT_RECIPE_BATCH / RECIPE_BATCH,
+        blur_fade_kimg=batch * preset.blur_fade_kimg_per_32 / RECIPE_BATCH,
+    )
+
+
+def fine_tuning(c: TrainingConfig) -> TrainingConfig:
+    """`c` for a run that starts from a snapshot's weights (the published recipe): ADA reacts 5x faster, the EMA
+    half-life does not ramp up, and StyleGAN3-R's blur starts off."""
+    return dataclasses.replace(c, ada_kimg=FINE_TUNING_ADA_KIMG, ema_rampup=None, blur_init_sigma=0.0)
+
+
 # Options that change what is computed. Continuing a run in place (--resume=RUN_DIR / latest) must keep them.
 FIXED_WHEN_CONTINUING = (
     "cfg", "data", "cond", "mirror", "gpus", "batch_size", "batch_gpu", "gamma", "cbase", "cmax", "map_depth",
@@ -316,7 +346,7 @@ def validate(c: TrainingConfig, dataset_info: dict[str, Any] | None = None) -> N
             spec = metrics.get_metric(name)
         except metrics.UnknownMetricError as error:
             raise ConfigError(f"--metrics: {error}, or none") from None
-        if spec.needs_input_transform and c.preset.G_class is not networks_stylegan3.Generator:
+        if spec.needs_input_transform and not hasattr(c.preset.G_class.synthesis_class, "set_input_transform"):
             raise ConfigError(
                 f"--metrics={name} measures the equivariance of StyleGAN3 generators; --cfg={c.cfg} has none. "
                 f"Use --cfg=stylegan3-t or stylegan3-r, or drop {name}"
