@@ -60,7 +60,8 @@ def set_input_transform(G: torch.nn.Module, translate: tuple[float, float], rota
 
 
 def check_scale(G: torch.nn.Module, scale: float) -> None:
-    """Refuse --scale for networks with a fixed output size, and scales that do not give whole pixels."""
+    """Refuse --scale for networks with a fixed output size (whose synthesis network does not declare
+    `supports_any_scale`), and scales that do not give whole pixels."""
     if not getattr(G.synthesis, "supports_any_scale", False):
         raise click.ClickException(
             f"--scale needs a network that renders at any resolution (--cfg=creps); this is a "

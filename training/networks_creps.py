@@ -19,7 +19,8 @@ import torch
 
 from torch_utils import misc
 from torch_utils.ops import bias_act
-from training.networks_stylegan2 import FullyConnectedLayer, MappingNetwork, block_dtype, fp16_resolution
+from training import generator
+from training.layers import FullyConnectedLayer, SkipOutputLayer, block_dtype, fp16_resolution, modulate
 
 # The clamp of the two final image blocks, fixed in the published SynthesisNetwork whatever its options.
 FINAL_BLOCK_CLAMP = 256
@@ -41,13 +42,9 @@ def modulated_fc(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, de
     out_channels, in_channels = weight.shape
     misc.assert_shape(x, [batch_size, in_channels, None, None])
     misc.assert_shape(styles, [batch_size, in_channels])
-    if x.dtype == torch.float16 and demodulate:
-        # Rescale to unit maximum before multiplying so float16 cannot overflow; demodulation undoes it.
-        weight = weight * (1 / np.sqrt(in_channels) / weight.norm(float("inf"), dim=1, keepdim=True))
-        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-    w = weight.unsqueeze(0) * styles.unsqueeze(1)  # [N, O, I]
-    if demodulate:
-        w = w * (w.square().sum(dim=2, keepdim=True) + 1e-8).rsqrt()
+    # In float16, prescale weight and styles to unit maximum before modulating so the products cannot overflow.
+    prescale = "max" if x.dtype == torch.float16 else None
+    w = modulate(weight, styles, demodulate=demodulate, prescale=prescale).w  # [N, O, I]
     return torch.einsum("nihw,noi->nohw", x, w.to(x.dtype))
 
 
@@ -73,26 +70,20 @@ class ModulatedLayer(torch.nn.Module):
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
 
 
-class ToResidual(torch.nn.Module):
+class ToResidual(SkipOutputLayer):
     """Modulated linear layer (no demodulation) whose output is summed across blocks (the skip connection)."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, fc_clamp: float | None = None):
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, w_dim)
         self.fc_clamp = fc_clamp
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels]))
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
-        self.weight_gain = 1 / np.sqrt(in_channels)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x [N, in, H, W], w [N, w_dim] -> [N, out, H, W]."""
-        x = modulated_fc(x, self.weight, self.affine(w) * self.weight_gain, demodulate=False)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.fc_clamp)
+    @property
+    def clamp(self) -> float | None:
+        return self.fc_clamp
 
-    def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+    def modulated(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        """x [N, in, H, W], styles [N, in] -> [N, out, H, W]."""
+        return modulated_fc(x, self.weight, styles, demodulate=False)
 
 
 def line_coordinates(resolution: int, size: int, device: torch.device) -> torch.Tensor:
@@ -219,7 +210,7 @@ def make_decoder(channels: int, out_channels: int | None = None) -> torch.nn.Seq
     )
 
 
-class SynthesisNetwork(torch.nn.Module):
+class SynthesisNetwork(generator.SynthesisNetwork):
     """Line blocks b4 ... b{R} (channels per the usual schedule), decoders, and two final image blocks."""
 
     supports_any_scale = True  # gen_images.py --scale: the output size is a rendering choice.
@@ -248,10 +239,7 @@ class SynthesisNetwork(torch.nn.Module):
         """
         assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0, "img_resolution: a power of 2"
         assert biline_channels > img_channels, "biline_channels must exceed img_channels"
-        super().__init__()
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        super().__init__(w_dim, img_resolution, img_channels)
         self.biline_channels = biline_channels
         self.num_fp16_res = num_fp16_res
         self.block_resolutions = [2**i for i in range(2, int(np.log2(img_resolution)) + 1)]
@@ -335,53 +323,17 @@ class SynthesisNetwork(torch.nn.Module):
         )
 
 
-class Generator(torch.nn.Module):
+class Generator(generator.Generator):
     """The CREPS generator: StyleGAN2's mapping network followed by the column-row synthesis network.
 
     Its tracked average w advances in G's own training phases (Gmain, Greg), not in D's as for StyleGAN2/3: the
     published CREPS mapping network updates it whenever it runs in training mode without `update_emas`. Our
     mapping network updates it when called with `update_emas=True`, so the loss passes that in the phases the
     preset table names (`Preset.G_stats_network="G"` for creps).
+
+    Synthesis options (`synthesis_kwargs`): those of SynthesisNetwork (biline_channels, channel_base, channel_max,
+    num_fp16_res, fc_clamp, fp16_final_blocks). Forward options: scale (output size relative to the training
+    resolution), force_fp32.
     """
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        mapping_kwargs: dict | None = None,
-        **synthesis_kwargs,
-    ):
-        """
-        Args:
-            z_dim, c_dim, w_dim:          Latent, label and intermediate latent sizes.
-            img_resolution, img_channels: Training output size.
-            mapping_kwargs:               Options of the MappingNetwork (num_layers, ...).
-            synthesis_kwargs:             Options of the SynthesisNetwork.
-        """
-        super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-        **synthesis_kwargs,
-    ) -> torch.Tensor:
-        """z [N, z_dim], c [N, c_dim] -> images [N, img_channels, S, S] (S per `scale`, default the training size)."""
-        ws = self.mapping(
-            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
-        )
-        return self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
+    synthesis_class = SynthesisNetwork

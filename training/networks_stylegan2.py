@@ -15,24 +15,20 @@ import torch
 
 from torch_utils import misc
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
+from training import generator
 
-# The [1, 3, 3, 1] binomial filter used for every 2x resampling (paper, Appendix B).
-DEFAULT_RESAMPLE_FILTER = (1, 3, 3, 1)
-
-
-def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
-    """Scale `x` to unit root-mean-square along `dim` (the pixel norm applied to z and to embedded labels)."""
-    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
-
-
-def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
-    """float16 for a mixed-precision block on CUDA, float32 otherwise (CPU half-precision convolutions are slow)."""
-    return torch.float16 if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
-
-
-def fp16_resolution(img_resolution: int, num_fp16_res: int) -> int:
-    """The lowest resolution that runs in float16: the `num_fp16_res` highest resolutions do, never below 8."""
-    return max(2 ** (int(np.log2(img_resolution)) + 1 - num_fp16_res), 8)
+# The shared layers moved to training.layers; snapshots written before name them here, so they stay importable here.
+from training.layers import (
+    DEFAULT_RESAMPLE_FILTER,
+    Conv2dLayer,
+    FullyConnectedLayer,
+    MappingNetwork,
+    SkipOutputLayer,
+    block_dtype,
+    fp16_resolution,
+    modulate,
+)
+from training.layers import normalize_2nd_moment as normalize_2nd_moment
 
 
 def modulated_conv2d(
@@ -73,14 +69,11 @@ def modulated_conv2d(
     misc.assert_shape(x, [batch_size, in_channels, None, None])
     misc.assert_shape(styles, [batch_size, in_channels])
 
-    # In float16, rescale weight and styles to unit maximum before modulating so the products cannot overflow;
-    # demodulation divides any such per-sample scale out again.
-    if x.dtype == torch.float16 and demodulate:
-        weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
-        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-
-    w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, in_channels, 1, 1)  # [N, O, I, k, k]
-    dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() if demodulate else None  # [N, O]
+    # In float16, prescale weight and styles to unit maximum before modulating so the products cannot overflow.
+    prescale = "max" if x.dtype == torch.float16 else None
+    weight, styles, dcoefs, w = modulate(
+        weight, styles, demodulate=demodulate, prescale=prescale, per_sample_weights=fused_modconv, flat_dcoefs=True
+    )  # dcoefs: [N, O]; w: [N, O, I, k, k] when fused
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
@@ -95,8 +88,6 @@ def modulated_conv2d(
             x = x + noise.to(x.dtype)
         return x
 
-    if demodulate:
-        w = w * dcoefs.reshape(batch_size, out_channels, 1, 1, 1)
     x = x.reshape(1, batch_size * in_channels, *x.shape[2:])
     w = w.reshape(batch_size * out_channels, in_channels, kh, kw)
     x = conv2d_resample.conv2d_resample(
@@ -116,204 +107,7 @@ def modulated_conv2d(
 
 
 # ----------------------------------------------------------------------------
-# Layers with equalized learning rate: weights are stored N(0, 1) and scaled by He's constant at run time.
-
-
-class FullyConnectedLayer(torch.nn.Module):
-    """Dense layer with equalized learning rate, optional learning-rate multiplier and fused activation."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        activation: str = "linear",
-        lr_multiplier: float = 1.0,
-        weight_init: float = 1.0,
-        bias_init: float | list[float] = 0.0,
-    ):
-        """
-        Args:
-            lr_multiplier: Scales the effective learning rate: weights are stored divided by it.
-            weight_init:   Standard deviation of the initial (effective, He-scaled) weights; 0 starts at zero.
-            bias_init:     Initial bias, a scalar or one value per output feature.
-        """
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.activation = activation
-        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) * (weight_init / lr_multiplier))
-        bias_values = torch.broadcast_to(torch.as_tensor(bias_init, dtype=torch.float32), [out_features])
-        self.bias = torch.nn.Parameter(bias_values / lr_multiplier) if bias else None
-        self.weight_gain = lr_multiplier / np.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, in_features] -> [N, out_features]."""
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype) * self.bias_gain if self.bias_gain != 1 else b.to(x.dtype)
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        x = x.matmul(w.t())
-        return bias_act.bias_act(x, b, act=self.activation)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
-
-
-class Conv2dLayer(torch.nn.Module):
-    """Convolution with equalized learning rate, optional 2x resampling, fused bias, activation and clamp."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        bias: bool = True,
-        activation: str = "linear",
-        up: int = 1,
-        down: int = 1,
-        resample_filter: tuple[int, ...] = DEFAULT_RESAMPLE_FILTER,
-        conv_clamp: float | None = None,
-    ):
-        """
-        Args:
-            conv_clamp: Clamp the output to [-conv_clamp, conv_clamp] (keeps float16 finite); None: no clamp.
-        """
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.activation = activation
-        self.up = up
-        self.down = down
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
-        self.padding = kernel_size // 2
-        self.weight_gain = 1 / np.sqrt(in_channels * kernel_size**2)
-        self.act_gain = bias_act.activation_funcs[activation].def_gain
-        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
-
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        """[N, in, H, W] -> [N, out, H*up/down, W*up/down]."""
-        w = self.weight * self.weight_gain
-        x = conv2d_resample.conv2d_resample(
-            x,
-            w.to(x.dtype),
-            f=self.resample_filter,
-            up=self.up,
-            down=self.down,
-            padding=self.padding,
-            flip_weight=(self.up == 1),
-        )
-        b = self.bias.to(x.dtype) if self.bias is not None else None
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act.bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, out_channels={self.out_channels}, activation={self.activation}, "
-            f"up={self.up}, down={self.down}"
-        )
-
-
-# ----------------------------------------------------------------------------
 # Generator.
-
-
-class MappingNetwork(torch.nn.Module):
-    """Maps latents z (and labels c) to intermediate latents w; tracks the average w for truncation."""
-
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        num_ws: int | None,
-        num_layers: int = 8,
-        embed_features: int | None = None,
-        layer_features: int | None = None,
-        activation: str = "lrelu",
-        lr_multiplier: float = 0.01,
-        w_avg_beta: float | None = 0.998,
-    ):
-        """
-        Args:
-            z_dim:          Latent size; 0 for the discriminator's label-only mapping.
-            c_dim:          Label size; 0 for unconditional.
-            w_dim:          Output size.
-            num_ws:         Broadcast w to this many copies, [N, num_ws, w_dim]; None returns [N, w_dim].
-            num_layers:     Number of dense layers.
-            embed_features: Label embedding size; None means w_dim.
-            layer_features: Hidden layer size; None means w_dim.
-            activation:     Activation of every dense layer.
-            lr_multiplier:  Learning-rate multiplier of the dense layers (the paper's 0.01 for the mapping).
-            w_avg_beta:     Decay of the tracked average w per update; None disables tracking.
-        """
-        super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-
-        embed_features = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
-        layer_features = w_dim if layer_features is None else layer_features
-        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
-        if c_dim > 0:
-            self.embed = FullyConnectedLayer(c_dim, embed_features)
-        for idx in range(num_layers):
-            layer = FullyConnectedLayer(
-                features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier
-            )
-            setattr(self, f"fc{idx}", layer)
-        if num_ws is not None and w_avg_beta is not None:
-            self.register_buffer("w_avg", torch.zeros([w_dim]))
-
-    def forward(
-        self,
-        z: torch.Tensor | None,
-        c: torch.Tensor | None,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-    ) -> torch.Tensor:
-        """Map z [N, z_dim] and c [N, c_dim] to ws [N, num_ws, w_dim] (or [N, w_dim] when num_ws is None).
-
-        Args:
-            truncation_psi:    Pull w toward the tracked average: w_avg + psi * (w - w_avg); 1 disables.
-            truncation_cutoff: Truncate only the first this-many ws; None truncates all.
-            update_emas:       Update the tracked average with this batch (training only).
-        """
-        parts = []
-        if self.z_dim > 0:
-            misc.assert_shape(z, [None, self.z_dim])
-            parts.append(normalize_2nd_moment(z.to(torch.float32)))
-        if self.c_dim > 0:
-            misc.assert_shape(c, [None, self.c_dim])
-            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-        for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
-
-        if update_emas and self.w_avg_beta is not None and self.num_ws is not None:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-
-        if self.num_ws is not None:
-            x = x.unsqueeze(1).repeat([1, self.num_ws, 1])  # [N, num_ws, w_dim]
-        if truncation_psi != 1:
-            assert self.num_ws is not None and self.w_avg_beta is not None, "truncation needs a tracked w_avg"
-            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            truncated = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
-            x = torch.cat([truncated, x[:, cutoff:]], dim=1)
-        return x
-
-    def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
 
 
 class SynthesisLayer(torch.nn.Module):
@@ -393,27 +187,23 @@ class SynthesisLayer(torch.nn.Module):
         )
 
 
-class ToRGBLayer(torch.nn.Module):
+class ToRGBLayer(SkipOutputLayer):
     """Modulated 1x1 convolution to image channels, without demodulation."""
 
     def __init__(
         self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1, conv_clamp: float | None = None
     ):
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, w_dim, kernel_shape=(kernel_size, kernel_size))
         self.w_dim = w_dim
         self.conv_clamp = conv_clamp
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
-        self.weight_gain = 1 / np.sqrt(in_channels * kernel_size**2)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
-        """x [N, in, H, W], w [N, w_dim] -> [N, img_channels, H, W]."""
-        styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+    @property
+    def clamp(self) -> float | None:
+        return self.conv_clamp
+
+    def modulated(self, x: torch.Tensor, styles: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        """x [N, in, H, W], styles [N, in] -> [N, img_channels, H, W]."""
+        return modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}"
@@ -514,7 +304,7 @@ class SynthesisBlock(torch.nn.Module):
         return f"resolution={self.resolution}, use_fp16={self.use_fp16}"
 
 
-class SynthesisNetwork(torch.nn.Module):
+class SynthesisNetwork(generator.SynthesisNetwork):
     """Maps ws to an image through blocks at 4, 8, ..., img_resolution, summing their toRGB outputs (skip)."""
 
     def __init__(
@@ -534,10 +324,7 @@ class SynthesisNetwork(torch.nn.Module):
             block_kwargs: Passed to every SynthesisBlock (conv_clamp, resample_filter, layer options).
         """
         assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0, "img_resolution: a power of 2"
-        super().__init__()
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        super().__init__(w_dim, img_resolution, img_channels)
         self.num_fp16_res = num_fp16_res
         self.block_resolutions = [2**i for i in range(2, int(np.log2(img_resolution)) + 1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
@@ -578,53 +365,15 @@ class SynthesisNetwork(torch.nn.Module):
         )
 
 
-class Generator(torch.nn.Module):
-    """The StyleGAN2 generator: mapping network followed by synthesis network."""
+class Generator(generator.Generator):
+    """The StyleGAN2 generator: mapping network followed by the synthesis network of modulated convolution blocks.
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        mapping_kwargs: dict | None = None,
-        **synthesis_kwargs,
-    ):
-        """
-        Args:
-            z_dim:            Latent size.
-            c_dim:            Label size, 0 for unconditional.
-            w_dim:            Intermediate latent size.
-            img_resolution:   Output resolution, a power of two.
-            img_channels:     Output channels (1 or 3).
-            mapping_kwargs:   Options of the MappingNetwork (num_layers, lr_multiplier, ...).
-            synthesis_kwargs: Options of the SynthesisNetwork (channel_base, channel_max, num_fp16_res, conv_clamp).
-        """
-        super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
+    Synthesis options (`synthesis_kwargs`): channel_base, channel_max, num_fp16_res, conv_clamp, and the layers'
+    kernel_size, use_noise, activation, resample_filter. Forward options: noise_mode ('random', 'const', 'none'),
+    fused_modconv, force_fp32.
+    """
 
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-        **synthesis_kwargs,
-    ) -> torch.Tensor:
-        """z [N, z_dim], c [N, c_dim] -> images [N, img_channels, R, R] in about [-1, 1]."""
-        ws = self.mapping(
-            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
-        )
-        return self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
+    synthesis_class = SynthesisNetwork
 
 
 # ----------------------------------------------------------------------------

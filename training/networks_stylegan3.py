@@ -15,7 +15,8 @@ import torch
 from torch_utils import misc
 from torch_utils.alias_free import design_lowpass_filter
 from torch_utils.ops import filtered_lrelu
-from training.networks_stylegan2 import FullyConnectedLayer, MappingNetwork, block_dtype
+from training import generator
+from training.layers import FullyConnectedLayer, block_dtype, modulate
 
 
 def modulated_conv2d(
@@ -42,16 +43,9 @@ def modulated_conv2d(
     batch_size = x.shape[0]
     out_channels, in_channels, kh, kw = weight.shape
     misc.assert_shape(styles, [batch_size, in_channels])
-    if demodulate:
-        # Scale both to unit RMS first; demodulation divides these constants out again, so this only keeps the
-        # products in a range float16 can hold.
-        weight = weight * weight.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
-        styles = styles * styles.square().mean().rsqrt()
-    w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, in_channels, 1, 1)  # [N, O, I, k, k]
-    if demodulate:
-        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-    if input_gain is not None:
-        w = w * input_gain.expand(batch_size, in_channels).reshape(batch_size, 1, in_channels, 1, 1)
+    # With demodulation, weights and styles are first scaled to unit RMS: demodulation divides these constants out
+    # again, so this only keeps the products in a range float16 can hold.
+    w = modulate(weight, styles, demodulate=demodulate, prescale="rms", input_gain=input_gain).w  # [N, O, I, k, k]
     x = x.reshape(1, batch_size * in_channels, *x.shape[2:])
     w = w.reshape(batch_size * out_channels, in_channels, kh, kw)
     x = torch.nn.functional.conv2d(x, w.to(x.dtype), padding=padding, groups=batch_size)
@@ -276,7 +270,7 @@ def layer_schedule(
     return dict(cutoffs=cutoffs, stopbands=stopbands, sampling_rates=sampling_rates, half_widths=half_widths)
 
 
-class SynthesisNetwork(torch.nn.Module):
+class SynthesisNetwork(generator.SynthesisNetwork):
     """Fourier input, 14 alias-free layers and a 1x1 toRGB layer."""
 
     def __init__(
@@ -308,11 +302,8 @@ class SynthesisNetwork(torch.nn.Module):
                            float16 on CUDA.
             layer_kwargs:  Passed to every SynthesisLayer (conv_kernel, use_radial_filters, conv_clamp, ...).
         """
-        super().__init__()
-        self.w_dim = w_dim
+        super().__init__(w_dim, img_resolution, img_channels)
         self.num_ws = num_layers + 2
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
         self.num_layers = num_layers
         self.margin_size = margin_size
         self.output_scale = output_scale
@@ -363,47 +354,11 @@ class SynthesisNetwork(torch.nn.Module):
         )
 
 
-class Generator(torch.nn.Module):
-    """The StyleGAN3 generator: StyleGAN2's mapping network followed by the alias-free synthesis network."""
+class Generator(generator.Generator):
+    """The StyleGAN3 generator: StyleGAN2's mapping network followed by the alias-free synthesis network.
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        mapping_kwargs: dict | None = None,
-        **synthesis_kwargs,
-    ):
-        """
-        Args:
-            z_dim, c_dim, w_dim:          Latent, label and intermediate latent sizes.
-            img_resolution, img_channels: Output size.
-            mapping_kwargs:               Options of the MappingNetwork (num_layers, ...).
-            synthesis_kwargs:             Options of the SynthesisNetwork and its layers.
-        """
-        super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
+    Synthesis options (`synthesis_kwargs`): those of SynthesisNetwork (channel_base, channel_max, num_fp16_res, the
+    filter schedule, ...) and of its layers (conv_kernel, use_radial_filters, conv_clamp, magnitude_ema_beta, ...).
+    """
 
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-        **synthesis_kwargs,
-    ) -> torch.Tensor:
-        """z [N, z_dim], c [N, c_dim] -> images [N, img_channels, R, R]."""
-        ws = self.mapping(
-            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
-        )
-        return self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
+    synthesis_class = SynthesisNetwork

@@ -37,8 +37,12 @@ import torch
 
 import dnnlib
 
-# Our modules whose torch.nn.Module classes a snapshot may name (existing snapshots name these paths).
+# Our modules whose torch.nn.Module classes a snapshot may name. A class is accepted by any of these paths that
+# holds it, as long as it is defined in one of them: snapshots written before the shared layers moved to
+# training.layers name them `training.networks_stylegan2.FullyConnectedLayer` and so on.
 SNAPSHOT_MODULES = (
+    "training.layers",
+    "training.generator",
     "training.networks_stylegan2",
     "training.networks_stylegan3",
     "training.networks_creps",
@@ -347,7 +351,7 @@ class SnapshotUnpickler(pickle.Unpickler):
             return referenced_record_class(module, name)
         if module in SNAPSHOT_MODULES:
             cls = getattr(importlib.import_module(module), name, None)
-            if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == module:
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ in SNAPSHOT_MODULES:
                 return cls
         raise UnsafePickleError(
             f"{self.file_name} asks for the global {module}.{name}, which no network snapshot needs; refusing to "
