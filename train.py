@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import glob
-import os
-import re
 import sys
-import tempfile
 
 import click
 import torch
@@ -16,9 +11,8 @@ import dnnlib
 import metrics
 from dnnlib.util import FiniteFloatRange
 from torch_utils import distributed
-from training import checkpoint, preemption, training_loop
+from training import checkpoint, preemption, runs, training_loop
 from training.config import (
-    FIXED_WHEN_CONTINUING,
     PRESETS,
     ConfigError,
     TrainingConfig,
@@ -100,40 +94,16 @@ def build_config(
         stop_patience=opts.stop_patience,
         resume=opts.resume,
     )
-    c = resolve_resume(c)
-    if c.resume_pkl is not None:
-        c = fine_tuning(c)
     try:
+        c = runs.resolve_resume(c)
+        if c.resume_pkl is not None:
+            c = fine_tuning(c)
         validate(c, dataset_info)
+        runs.check_before_launch(c, dataset_info)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    check_outdir(c)
-    if c.resume_pkl is not None:
-        check_transfer(c, dataset_info)
-    if c.resume_state is not None:
-        check_state(c, dataset_info)
     check_metrics(c, download=not opts.get("dry_run", False))
     return c
-
-
-def check_outdir(c: TrainingConfig) -> None:
-    """Refuse an --outdir (or the run directory being continued) that cannot be created or written, now rather than
-    after the processes have started."""
-    option, folder = ("--resume", c.run_dir) if c.resume_state is not None else ("--outdir", c.outdir)
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):  # The folders still to be made go into the nearest existing one.
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise click.ClickException(f"{option}={folder}: {existing} is a file, so no folder can be made there")
-    try:
-        # A real write: permission bits do not tell about read-only mounts, ACLs or root.
-        with tempfile.TemporaryFile(dir=existing, prefix=".tmp-probe-"):
-            pass
-    except OSError as error:
-        raise click.ClickException(
-            f"{option}={folder}: cannot write in {existing} ({error.strerror or error}); choose a writable folder "
-            f"or fix its permissions"
-        ) from None
 
 
 def check_metrics(c: TrainingConfig, download: bool = True) -> None:
@@ -167,122 +137,14 @@ def inspect_dataset(path: str, use_labels: bool) -> dict:
     try:
         with ImageFolderDataset(path, use_labels=use_labels, check_headers=True) as dataset:
             return dict(
-                resolution=dataset.resolution, num_channels=dataset.num_channels, label_dim=dataset.label_dim,
-                has_labels=dataset.has_labels, num_images=len(dataset),
-            )  # fmt: skip
+                resolution=dataset.resolution,
+                num_channels=dataset.num_channels,
+                label_dim=dataset.label_dim,
+                has_labels=dataset.has_labels,
+                num_images=len(dataset),
+            )
     except (DatasetError, OSError) as error:
         raise click.ClickException(f"--data={path}: {error}") from None
-
-
-def check_transfer(c: TrainingConfig, dataset_info: dict) -> None:
-    """Refuse --resume=PKL when none of its tensors fits this run's networks (it would silently train from scratch)."""
-    try:
-        snapshot = checkpoint.load_snapshot(c.resume_pkl)
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"--resume={c.resume}: {error}") from None
-    label_dim = dataset_info["label_dim"] if c.cond else 0
-    G, D = training_loop.construct_networks(c, dataset_info["resolution"], dataset_info["num_channels"], label_dim)
-    matches = sum(len(training_loop.transfer_weights(snapshot[name], net)[0]) for name, net in [("G", G), ("D", D)])
-    if matches == 0:
-        raise click.ClickException(
-            f"--resume={c.resume}: no tensor of its G or D has the name and shape of one in this run's networks "
-            f"(--cfg={c.cfg}, {dataset_info['resolution']}x{dataset_info['resolution']}, --cbase={c.cbase}, "
-            f"--cmax={c.cmax}); training would start from scratch. Check --cfg, --cbase, --cmax and the snapshot."
-        )
-
-
-def resolve_resume(c: TrainingConfig) -> TrainingConfig:
-    """Decide what --resume means: a run directory or `latest` continues that run in place; a snapshot pickle
-    or URL always starts a new run from its weights, as in the published tools (kimg 0, fine-tuning settings)."""
-    if c.resume is None:
-        return c
-    if c.resume == "latest":
-        run_dir = latest_run_dir(c.outdir)
-        if run_dir is None:  # One command for the first start and every restart (a requeued job, say).
-            distributed.print0(f"--resume=latest: no run under {c.outdir} has a training state yet; starting one.")
-            return c
-        return continue_in_place(c, run_dir)
-    if os.path.isdir(c.resume):
-        return continue_in_place(c, c.resume)
-    state = checkpoint.state_next_to_snapshot(c.resume)
-    if state is not None:
-        run_dir = os.path.dirname(os.path.abspath(state))
-        changed = changed_options(c, run_dir)
-        condition = f" with its options ({changed})" if changed else ""
-        distributed.print0(
-            f"Note: {os.path.basename(state)} sits next to this snapshot, but a pickle only gives weights (kimg "
-            f"starts at 0); to continue that run exactly, pass --resume={run_dir}{condition}"
-        )
-    return dataclasses.replace(c, resume_pkl=c.resume)
-
-
-def changed_options(c: TrainingConfig, run_dir: str) -> str:
-    """'cmax: 8 -> 16, ...' for the options of FIXED_WHEN_CONTINUING in which `c` differs from the run in
-    `run_dir` (its training_options.json); '' when they agree or the run's options cannot be read."""
-    try:
-        saved = TrainingConfig.load(run_dir)
-    except (OSError, ValueError, TypeError):
-        return ""
-    changed = [name for name in FIXED_WHEN_CONTINUING if getattr(saved, name) != getattr(c, name)]
-    if saved.batch_gpu_auto and c.batch_gpu_auto:  # The run chose batch_gpu itself; its training state keeps it.
-        changed = [name for name in changed if name != "batch_gpu"]
-    return ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(c, name)!r}" for name in changed)
-
-
-def latest_run_dir(outdir: str) -> str | None:
-    """The highest-numbered run directory under `outdir` that has a training state; None if there is none."""
-    runs = sorted(
-        glob.glob(os.path.join(outdir, "[0-9]*-*")), key=lambda p: int(re.match(r"\d+", os.path.basename(p))[0])
-    )
-    runs = [run for run in runs if checkpoint.list_states(run)]
-    return runs[-1] if runs else None
-
-
-def continue_in_place(c: TrainingConfig, run_dir: str) -> TrainingConfig:
-    """Continue `run_dir` from its newest training state, refusing option changes that would alter the run."""
-    states = checkpoint.list_states(run_dir)
-    if not os.path.isfile(os.path.join(run_dir, "training_options.json")) or not states:
-        raise click.ClickException(
-            f"--resume={c.resume}: {run_dir} has no training_options.json and training-state-*.pt to continue; to "
-            f"start from one of its snapshots' weights, pass --resume=<network-snapshot pkl>"
-        )
-    try:
-        saved = TrainingConfig.load(run_dir)
-    except (OSError, ValueError, TypeError) as error:
-        raise click.ClickException(
-            f"--resume={c.resume}: cannot read {os.path.join(run_dir, 'training_options.json')} ({error})"
-        ) from None
-    details = changed_options(c, run_dir)
-    if details:
-        raise click.ClickException(
-            f"--resume={c.resume}: these options differ from the run being continued ({details}). Run the same "
-            f"command as before, or start a new run from a snapshot with --resume=<network-snapshot pkl>"
-        )
-    return dataclasses.replace(c, run_dir=run_dir, outdir=saved.outdir, resume_state=states[-1])
-
-
-def check_state(c: TrainingConfig, dataset_info: dict) -> None:
-    """Refuse to continue from a training state that is unreadable or does not fit the networks these options
-    build, before any process starts (it would otherwise fail in load_state_dict, mid-start)."""
-    try:
-        state = checkpoint.load_state(c.resume_state, mmap=True)  # Mapped: only shapes and counters are read.
-    except Exception as error:  # torch.load raises many types for a damaged file; all mean the same here.
-        raise click.ClickException(
-            f"--resume={c.resume}: cannot read {c.resume_state} ({type(error).__name__}: {error}). If it is damaged, "
-            f"move it away to continue from the run's previous training state"
-        ) from None
-    label_dim = dataset_info["label_dim"] if c.cond else 0
-    G, D = training_loop.construct_networks(c, dataset_info["resolution"], dataset_info["num_channels"], label_dim)
-    mismatches = checkpoint.state_mismatches(state, {"G": G, "D": D, "G_ema": G})
-    if mismatches:
-        shown = "; ".join(mismatches[:4]) + (f"; and {len(mismatches) - 4} more" if len(mismatches) > 4 else "")
-        raise click.ClickException(
-            f"--resume={c.resume}: {c.resume_state} does not fit the networks of these options (--cfg={c.cfg}, "
-            f"--cbase={c.cbase}, --cmax={c.cmax}, --map-depth={c.map_depth}, {dataset_info['resolution']}px, "
-            f"label_dim={label_dim}): {shown}. It was written with other options than the run's "
-            f"training_options.json says; put back that run's own files, or start a new run from a snapshot's "
-            f"weights with --resume=<network-snapshot pkl>"
-        )
 
 
 class OrAuto:
@@ -311,7 +173,7 @@ def print_config(c: TrainingConfig) -> None:
     if c.resume_state is not None and c.run_dir is not None:
         distributed.print0(f"Continuing run:      {c.run_dir}")
     else:
-        distributed.print0(f"Output directory:    {training_loop.next_run_dir(c)}")
+        distributed.print0(f"Output directory:    {runs.next_run_dir(c)}")
     distributed.print0(f"Number of GPUs:      {c.gpus}")
     split = f"{c.batch_gpu} per GPU x {c.rounds} rounds"
     if c.batch_gpu_auto:

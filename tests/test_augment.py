@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from torch_utils import distributed
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe, make_band_filters
 
 
@@ -396,9 +397,81 @@ def test_ada_goes_from_0_to_1_in_ada_kimg():
     assert ps[1953] == 1.0
 
 
+def _logits(*values: float) -> torch.Tensor:
+    """D's raw outputs [N, 1] on N reals."""
+    return torch.tensor(values, dtype=torch.float32)[:, None]
+
+
+def test_ada_updates_every_interval_from_the_mean_sign_of_what_it_observed():
+    pipe = AugmentPipe()
+    ada = AdaController(pipe, target=0.5, interval=2, ada_kimg=0.512)
+    assert ada.step_size(batch_size=32) == 32 * 2 / (0.512 * 1000) == 1 / 8  # batch * interval / (ada_kimg * 1000)
+
+    ada.observe(_logits(1.0, 2.0, -3.0, 0.0))  # signs 1, 1, -1, 0
+    ada.after_step(step=1, batch_size=32)  # not a multiple of the interval: nothing moves
+    assert pipe.p.item() == 0.0 and ada.num_updates == 0
+    assert ada.state_dict()["real_signs"].tolist() == [1.0, 4.0]
+    ada.observe(_logits(5.0, 6.0, 7.0, 8.0))
+    ada.after_step(step=2, batch_size=32)  # r_t = 5 / 8 over both steps' reals, above the target: p goes up
+    assert pipe.p.item() == 1 / 8 and ada.num_updates == 1
+    assert ada.state_dict()["real_signs"].tolist() == [0.0, 0.0]  # the window starts anew
+
+    ada.observe(_logits(-1.0, -1.0, 1.0))  # r_t = -1/3, below the target: p goes down
+    ada.after_step(step=4, batch_size=32)
+    assert pipe.p.item() == 0.0
+    ada.observe(_logits(-1.0))
+    ada.after_step(step=6, batch_size=32)
+    assert pipe.p.item() == 0.0 and ada.num_updates == 3  # clamped at 0
+
+    ada.observe(_logits(1.0, -1.0))  # r_t = 0 at target 0: p stays
+    ada.target = 0.0
+    ada.after_step(step=8, batch_size=32)
+    assert pipe.p.item() == 0.0 and ada.num_updates == 4
+    assert ada.take_real_sign_mean() == 0.0  # nothing observed since
+
+
+def test_ada_snapshot_and_restore_put_back_the_pending_signs():
+    ada = AdaController(AugmentPipe())
+    ada.observe(_logits(1.0, -1.0, 2.0))
+    saved = ada.snapshot()
+    ada.observe(_logits(4.0, 5.0))  # a phase that is then undone (--batch-gpu=auto)
+    ada.restore(saved)
+    assert ada.state_dict()["real_signs"].tolist() == [1.0, 3.0]
+    assert ada.take_real_sign_mean() == 1 / 3
+
+
 def test_ada_state_dict_round_trip():
     ada = AdaController(AugmentPipe(), target=0.7, interval=8, ada_kimg=100)
     ada.update(1.0, batch_size=16)
+    ada.observe(_logits(3.0, -2.0, 1.0))
     other = AdaController(AugmentPipe())
     other.load_state_dict(ada.state_dict())
-    assert other.state_dict() == ada.state_dict() == dict(target=0.7, interval=8, ada_kimg=100.0, num_updates=1)
+    state = other.state_dict()
+    signs = state.pop("real_signs")
+    assert state == dict(target=0.7, interval=8, ada_kimg=100.0, num_updates=1)
+    assert signs.dtype == torch.float64 and signs.device.type == "cpu" and signs.tolist() == [1.0, 3.0]
+    assert torch.equal(signs, ada.state_dict()["real_signs"])
+    assert other.take_real_sign_mean() == ada.take_real_sign_mean() == 1 / 3
+
+
+def _ada_rank_worker(out_dir):
+    """One of two ranks: rank r observes r + 1 positive and 2 negative logits, then gathers, saves and reloads."""
+    torch.set_num_threads(1)
+    rank = distributed.get_rank()
+    ada = AdaController(AugmentPipe(), target=0.0, interval=1, ada_kimg=1)
+    ada.observe(_logits(*[1.0] * (rank + 1), -1.0, -1.0))
+    pending = ada.state_dict()["real_signs"]
+    ada.gather_pending()
+    saved = ada.state_dict()  # What rank 0 writes: every rank's signs.
+    ada.load_state_dict(saved)  # Resuming, every rank reads rank 0's state.
+    ada.observe(_logits(1.0))
+    torch.save(dict(pending=pending, saved=saved["real_signs"], mean=ada.take_real_sign_mean()), f"{out_dir}/{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ada_sums_the_signs_over_ranks_and_gathers_them_on_rank_0(tmp_path):
+    distributed.launch(_ada_rank_worker, (str(tmp_path),), num_processes=2)
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    assert [r["pending"].tolist() for r in results] == [[-1.0, 3.0], [0.0, 4.0]]
+    assert [r["saved"].tolist() for r in results] == [[-1.0, 7.0], [0.0, 0.0]]  # on rank 0 alone: no double count
+    assert [r["mean"] for r in results] == [1 / 9, 1 / 9]  # (-1 + 0 + 1 + 1) / (7 + 2) on both ranks

@@ -39,8 +39,16 @@ from training.training_loop import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--cfg=stylegan2", "--gamma=1", "--aug=ada", "--metrics=none", "--cbase=64", "--cmax=8", "--map-depth=1",
-        "--workers=0"]  # fmt: skip
+TINY = [
+    "--cfg=stylegan2",
+    "--gamma=1",
+    "--aug=ada",
+    "--metrics=none",
+    "--cbase=64",
+    "--cmax=8",
+    "--map-depth=1",
+    "--workers=0",
+]
 INJECT = batch_memory.INJECT_OOM_VARIABLE
 
 
@@ -131,8 +139,8 @@ def reference_step(run: Run, batch_gpu_of: dict[Phase, int]) -> None:
         if t.progress.step % runner.interval == 0:
             rounds = run.rounds(t.progress.step, batch_gpu_of[runner.phase])
             assert run_phase(runner, index, t.loss, rounds, run.labels, t.G.z_dim, c, t.progress)
-    if t.ada is not None and t.progress.step % t.ada.interval == 0:
-        t.ada.update(t.loss.take_real_sign_mean(), c.batch_size)
+    if t.ada is not None:
+        t.ada.after_step(t.progress.step, c.batch_size)
     t.ema.update(t.G, t.progress.cur_nimg, c.batch_size)
     t.progress.cur_nimg += c.batch_size
     t.progress.step += 1
@@ -204,7 +212,7 @@ def test_halving_in_a_later_phase_undoes_its_effects(tmp_path, shapes8, monkeypa
     assert run.t.batch_gpu == 8 and run.t.progress.step == 6
     state = run.state()
     assert state["stats"]["Loss/D/loss"]["num"] == 6 * 16  # Every image's loss counted once.
-    assert float(state["loss"]["real_signs"][1]) == 16  # Step 5's, pending since the ADA update ending step 4.
+    assert float(state["ada"]["real_signs"][1]) == 16  # Step 5's, pending since the ADA update ending step 4.
     assert_identical(state, expected)
 
 
@@ -323,8 +331,9 @@ def test_a_run_halved_at_its_first_step_equals_the_lower_batch_gpu_and_continues
 def run_script(*args: str, cwd: Path, inject: str) -> str:
     """Run train.py in a fresh interpreter with these injected errors; returns what it printed."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **{INJECT: inject})
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -336,12 +345,22 @@ def test_two_processes_agree_when_one_runs_out_of_memory(tmp_path, shapes8):
     # (Gmain 16 -> 8, Greg 8 -> 4) pairs every seed with the same images; only the order of float additions differs.
     # Augmentation at a fixed p = 0.5 draws from each chunk's seed for its reals: a seed paired with other images
     # would show.
-    common = [f"--data={shapes8}", *TINY, "--aug=fixed", "--p=0.5", "--batch=16", "--batch-gpu=auto", "--kimg=0.064",
-              "--tick=1", "--timeout-min=1"]  # fmt: skip
+    common = [
+        f"--data={shapes8}",
+        *TINY,
+        "--aug=fixed",
+        "--p=0.5",
+        "--batch=16",
+        "--batch-gpu=auto",
+        "--kimg=0.064",
+        "--tick=1",
+        "--timeout-min=1",
+    ]
     two = run_script(f"--outdir={tmp_path / 'two'}", *common, "--gpus=2", cwd=tmp_path, inject="0:Greg:4:start:1")
     assert two.count("--batch-gpu=auto: out of memory in Greg at kimg 0 with 8 per GPU; 4 per GPU") == 1, two
-    run_script(f"--outdir={tmp_path / 'one'}", *common, "--gpus=1", cwd=tmp_path,
-               inject="0:Gmain:8:start,0:Greg:4:start")  # fmt: skip
+    run_script(
+        f"--outdir={tmp_path / 'one'}", *common, "--gpus=1", cwd=tmp_path, inject="0:Gmain:8:start,0:Greg:4:start"
+    )
     a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     assert a["batch_gpu"] == b["batch_gpu"] == 4 and a["progress"]["step"] == b["progress"]["step"] == 4
     for net in ["G", "D", "G_ema"]:

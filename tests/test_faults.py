@@ -31,7 +31,7 @@ import dnnlib
 import gen_images
 import gen_video
 import train
-from training import checkpoint, run_log
+from training import checkpoint, run_log, runs
 from training.config import ConfigError, TrainingConfig, validate
 
 TINY = tiny(gpus=1, workers=0)
@@ -62,9 +62,18 @@ def invoke(command: click.Command, args: list[str]) -> click.testing.Result:
 
 @pytest.mark.parametrize(
     "option, value",
-    [("--gamma", "nan"), ("--kimg", "nan"), ("--tick", "nan"), ("--glr", "nan"), ("--dlr", "inf"), ("--p", "nan"),
-     ("--target", "-inf"), ("--kimg", "inf"), ("--gamma", "+inf")],
-)  # fmt: skip
+    [
+        ("--gamma", "nan"),
+        ("--kimg", "nan"),
+        ("--tick", "nan"),
+        ("--glr", "nan"),
+        ("--dlr", "inf"),
+        ("--p", "nan"),
+        ("--target", "-inf"),
+        ("--kimg", "inf"),
+        ("--gamma", "+inf"),
+    ],
+)
 def test_train_refuses_non_finite_values(tmp_path, option, value):
     args = [f"--outdir={tmp_path / 'runs'}", "--data=unused.zip", *TINY, "--batch=4", "--aug=fixed"]
     result = invoke(train.main, [*args, f"{option}={value}"])
@@ -75,9 +84,15 @@ def test_train_refuses_non_finite_values(tmp_path, option, value):
 
 @pytest.mark.parametrize(
     "args, option",
-    [(["--trunc=nan"], "--trunc"), (["--trunc=inf"], "--trunc"), (["--rotate=nan"], "--rotate"),
-     (["--scale=inf"], "--scale"), (["--translate=nan,0"], "--translate"), (["--translate=0,-inf"], "--translate")],
-)  # fmt: skip
+    [
+        (["--trunc=nan"], "--trunc"),
+        (["--trunc=inf"], "--trunc"),
+        (["--rotate=nan"], "--rotate"),
+        (["--scale=inf"], "--scale"),
+        (["--translate=nan,0"], "--translate"),
+        (["--translate=0,-inf"], "--translate"),
+    ],
+)
 def test_gen_images_refuses_non_finite_values(tmp_path, args, option):
     # The measured failure: --trunc=nan wrote all-black images and exited with 0.
     result = invoke(gen_images.main, ["--network=missing.pkl", "--seeds=0", f"--outdir={tmp_path / 'out'}", *args])
@@ -86,8 +101,9 @@ def test_gen_images_refuses_non_finite_values(tmp_path, args, option):
 
 
 def test_gen_video_refuses_non_finite_values(tmp_path):
-    result = invoke(gen_video.main, ["--network=missing.pkl", "--seeds=0", f"--output={tmp_path / 'v.mp4'}",
-                                     "--trunc=nan"])  # fmt: skip
+    result = invoke(
+        gen_video.main, ["--network=missing.pkl", "--seeds=0", f"--output={tmp_path / 'v.mp4'}", "--trunc=nan"]
+    )
     assert result.exit_code == 2 and "Invalid value for '--trunc'" in result.output, result.output
     assert os.listdir(tmp_path) == []
 
@@ -154,7 +170,7 @@ def test_unwritable_outdir_probe_failure_names_the_folder(tmp_path, data, monkey
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(train.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(runs.tempfile, "TemporaryFile", read_only)
     result = invoke(train.main, [f"--outdir={tmp_path / 'runs'}", f"--data={data}", *TINY, "--batch=4"])
     assert result.exit_code == 1 and "Read-only file system" in result.output, result.output
     assert f"--outdir={tmp_path / 'runs'}: cannot write in {tmp_path}" in result.output

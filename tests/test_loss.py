@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from torch_utils import distributed, training_stats
+from training.augment import AdaController, AugmentPipe
 from training.loss import Chunk, Phase, StyleGAN2Loss
 from training.training_loop import reduce_gradients
 
@@ -153,6 +154,24 @@ def test_dmain_reports_fake_plus_real_loss_per_sample(monkeypatch):
         - torch.sigmoid(-real_logits)[:, None, None, None] * real.square()
     ).mean(dim=0, keepdim=True)
     assert torch.allclose(D.w.grad, expected_grad)
+
+
+def test_d_phases_hand_the_real_logits_to_ada_and_keep_no_signs_of_their_own():
+    D, G = ToyD(), ToyG()
+    D.w.data[:, 0] = -1.0
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(5, 3, 2, 2, generator=generator, dtype=torch.float64)
+    real[:2, 0] *= 4  # Large in the channel that D weighs negatively: these two get negative logits.
+    z = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    ada = AdaController(AugmentPipe())
+    loss = StyleGAN2Loss(G, D, ada=ada, r1_gamma=1.0, pl_weight=0.0)
+    real_logits = D(real, None).detach()  # [5, 1]
+    assert 0 < int((real_logits > 0).sum()) < 5
+    for phase in (Phase.Gmain, Phase.Dmain, Phase.Dreg, Phase.Gboth, Phase.Dboth):  # G phases see no reals
+        loss.accumulate_gradients(phase, chunk_maker([gen_chunk(z, real)], [0]), 1, gain=1.0)
+    pending = ada.state_dict()["real_signs"]
+    assert pending.tolist() == [3 * float(real_logits.sign().sum()), 15.0]  # Dmain, Dreg, Dboth
+    assert list(loss.state_dict()) == ["pl_mean"] and list(loss.snapshot()) == ["pl_mean"]
 
 
 def test_path_length_penalty_matches_hand_computation(monkeypatch):

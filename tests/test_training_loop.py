@@ -1,5 +1,7 @@
 """Unit tests for the pieces of the training loop: gradient reduction, EMA, logging, image grids, checkpoints."""
 
+import copy
+import dataclasses
 import json
 import os
 
@@ -10,14 +12,15 @@ import torch
 
 from torch_utils import training_stats
 from training import checkpoint, run_log
-from training.config import PRESETS, TrainingConfig
+from training.config import PRESETS, TrainingConfig, construct_networks
 from training.training_loop import (
     GeneratorEma,
     Progress,
+    Trainer,
+    build_augmentation,
     build_loss,
     build_phases,
     chunk_seed,
-    construct_networks,
     reduce_gradients,
     run_phase,
 )
@@ -28,11 +31,23 @@ def tiny_training(cfg: str, fp32: bool = False):
     preset = PRESETS[cfg]
     mult = preset.G_channel_mult
     c = TrainingConfig(
-        outdir="unused", cfg=cfg, data="unused", batch_size=4, batch_gpu=4, z_dim=8, w_dim=8, cbase=64, cmax=8,
-        map_depth=1, fp32=fp32, style_mixing_prob=preset.style_mixing_prob, pl_weight=preset.pl_weight,
-        G_reg_interval=preset.G_reg_interval, G_kwargs=dict(channel_base=64 * mult, channel_max=8 * mult),
+        outdir="unused",
+        cfg=cfg,
+        data="unused",
+        batch_size=4,
+        batch_gpu=4,
+        z_dim=8,
+        w_dim=8,
+        cbase=64,
+        cmax=8,
+        map_depth=1,
+        fp32=fp32,
+        style_mixing_prob=preset.style_mixing_prob,
+        pl_weight=preset.pl_weight,
+        G_reg_interval=preset.G_reg_interval,
+        G_kwargs=dict(channel_base=64 * mult, channel_max=8 * mult),
         aug="noaug",
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     G, D = construct_networks(c, resolution=8, num_channels=3, label_dim=0)
     G, D = G.train().requires_grad_(False), D.train().requires_grad_(False)
@@ -183,6 +198,38 @@ def test_parameters_a_phase_does_not_reach_keep_no_gradient():
     assert seen == {"Gmain": (True, 1.0), "Greg": (False, 1.0), "Dmain": (True, 1.0), "Dreg": (False, 1.0)}
 
 
+def tiny_ada_trainer() -> Trainer:
+    """A Trainer of the tiny stylegan2 run with --aug=ada, whose loss feeds the ADA controller."""
+    c, G, D, phases, _ = tiny_training("stylegan2")
+    c = dataclasses.replace(c, aug="ada")
+    pipe, ada = build_augmentation(c, torch.device("cpu"))
+    loss = build_loss(c, G, D, pipe, ada)
+    ema = GeneratorEma(copy.deepcopy(G).eval(), c.ema_kimg, c.ema_rampup)
+    return Trainer(G, D, ema, phases, loss, Progress(), pipe, ada, c.batch_gpu)
+
+
+def test_a_state_with_the_pending_signs_in_the_loss_state_resumes_them_in_ada():
+    # Training states written before the ADA controller owned its signs kept them as the loss's "real_signs".
+    old = tiny_ada_trainer().state_dict()
+    old["loss"] = {"pl_mean": torch.tensor(1.5), "real_signs": torch.tensor([-3.0, 8.0], dtype=torch.float64)}
+    old["ada"] = dict(target=0.6, interval=4, ada_kimg=100.0, num_updates=7)
+    old["augment_pipe"] = {"p": torch.tensor(0.25)}
+    t = tiny_ada_trainer()
+    t.load_state_dict(old)
+    assert t.augment_p == 0.25 and float(t.loss.pl_mean) == 1.5
+    assert t.ada.num_updates == 7 and t.ada.ada_kimg == 100.0
+    assert t.ada.take_real_sign_mean() == -3 / 8
+
+    t.load_state_dict(old)
+    new = t.state_dict()  # Written back in the new layout: the signs are ADA's alone.
+    assert "real_signs" not in new["loss"] and float(new["loss"]["pl_mean"]) == 1.5
+    assert new["ada"]["real_signs"].tolist() == [-3.0, 8.0] and new["ada"]["num_updates"] == 7
+    assert torch.equal(new["augment_pipe"]["p"], torch.tensor(0.25))
+    again = tiny_ada_trainer()
+    again.load_state_dict(new)
+    assert torch.equal(again.state_dict()["ada"]["real_signs"], new["ada"]["real_signs"])
+
+
 def test_construct_networks_precision_per_preset():
     _, G, D, _, _ = tiny_training("creps")
     synthesis = G.synthesis
@@ -210,7 +257,8 @@ def test_tick_line_speed_fields_start_up_then_eta():
 
     [(name, value, _)] = speed_fields(0, tick_sec=2.5, tick_kimg=0.004, kimg_left=10.0, total_sec=130.0)
     assert (name, value) == ("start-up", "2m 10s")  # Not 2.5 s / 0.004 kimg = 625 s/kimg.
-    (speed, sec_per_kimg, _), (eta, left, _) = speed_fields(3, tick_sec=40.0, tick_kimg=4.0, kimg_left=100.0,
-                                                            total_sec=500.0)  # fmt: skip
+    (speed, sec_per_kimg, _), (eta, left, _) = speed_fields(
+        3, tick_sec=40.0, tick_kimg=4.0, kimg_left=100.0, total_sec=500.0
+    )
     assert (speed, sec_per_kimg, eta, left) == ("sec/kimg", 10.0, "eta", "16m 40s")  # 100 kimg at 10 s/kimg.
     assert speed_fields(3, tick_sec=40.0, tick_kimg=4.0, kimg_left=-0.5, total_sec=500.0)[1][1] == "0s"

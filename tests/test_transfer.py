@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from helpers import TINY, run_script
 
 import train
-from training import checkpoint, networks_stylegan2, training_loop
-from training.config import TrainingConfig
+from training import checkpoint, networks_stylegan2
+from training.config import TrainingConfig, construct_networks
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,18 @@ def datasets(demo_shapes) -> dict[int, Path]:
 
 def train_run(outdir: Path, data: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
     result = run_script(
-        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=0.016",
-        "--tick=1", "--workers=0", *extra, cwd=outdir.parent,
-    )  # fmt: skip
+        "train.py",
+        f"--outdir={outdir}",
+        f"--data={data}",
+        *TINY,
+        "--gpus=1",
+        "--batch=4",
+        "--kimg=0.016",
+        "--tick=1",
+        "--workers=0",
+        *extra,
+        cwd=outdir.parent,
+    )
     run_dir = max(p for p in outdir.iterdir() if p.is_dir())
     return run_dir, result
 
@@ -36,7 +45,7 @@ def test_freezed_layers_keep_their_initial_values(tmp_path, datasets):
     # Rebuild the initial D exactly as the run did (same seed, same construction order).
     c = TrainingConfig.load(str(run_dir))
     torch.manual_seed(c.seed)
-    _, initial = training_loop.construct_networks(c, 16, 3, 0)
+    _, initial = construct_networks(c, 16, 3, 0)
     assert initial.layer_names()[:3] == ["b16.fromrgb", "b16.conv0", "b16.conv1"]  # --freezed=2: the first two.
     initial = initial.state_dict()
     for name in ["b16.fromrgb.weight", "b16.fromrgb.bias", "b16.conv0.weight", "b16.conv0.bias"]:

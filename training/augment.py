@@ -6,7 +6,7 @@ pixel blitting, general geometric transforms, color transforms, image-space filt
 cutout. Each transform fires independently per image with probability p times its category weight, so that for
 p < ~0.8 the augmentations do not leak into the generated images (Section 2.2). All ops are differentiable with
 respect to the images, so G's gradients pass through the pipeline. `AdaController` raises or lowers p from the
-sign of D's outputs on reals (Section 3).
+sign of D's outputs on reals (Section 3), and keeps those signs until it uses them.
 
 Coordinates: x points right and y down, in pixels, with the origin at the image centre ((W-1)/2, (H-1)/2). The
 3x3 matrices below say where content moves (source -> destination); the resamplers use their inverses.
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_utils import distributed
 from torch_utils.ops import upfirdn2d
 
 # ----------------------------------------------------------------------------
@@ -573,17 +574,18 @@ class AugmentPipe(torch.nn.Module):
 class AdaController:
     """Adaptive discriminator augmentation: steps p toward keeping r_t = E[sign(D(real))] at the target (Sec. 3).
 
-    The training loop calls `update` every `interval` D steps with the mean, over those steps and all ranks, of
-    the signs of D's raw outputs on reals. p itself lives in the pipe's `p` buffer (saved with the pipe); this
-    object holds the settings and the number of updates.
+    One object owns the whole rule: the loss hands it D's raw outputs on reals (`observe`), it keeps their signs
+    until the next update, and the training loop calls `after_step` after every step, which every `interval` steps
+    averages the pending signs over all ranks and moves p (`update`). p itself lives in the pipe's `p` buffer (saved
+    with the pipe); this object's state is the settings, the number of updates and the pending signs.
     """
 
     def __init__(self, augment_pipe: AugmentPipe, target: float = 0.6, interval: int = 4, ada_kimg: float = 500):
         """
         Args:
-            augment_pipe: The pipe whose `p` is adjusted.
+            augment_pipe: The pipe whose `p` is adjusted; the pending signs live on the device of its `p`.
             target:       Target value of r_t; above it D overfits the reals, so p goes up.
-            interval:     D steps between updates.
+            interval:     Training steps between updates.
             ada_kimg:     Thousands of images over which p can go from 0 to 1.
         """
         assert 0 <= target <= 1, f"target must be in [0, 1], got {target}"
@@ -594,6 +596,34 @@ class AdaController:
         self.interval = int(interval)
         self.ada_kimg = float(ada_kimg)
         self.num_updates = 0
+        # Signs of D's outputs on reals observed on this rank since the last update: [sum, count]. Kept on the device
+        # and in float64, so observing never synchronizes with the host and the sums stay exact.
+        self._real_signs = torch.zeros([2], dtype=torch.float64, device=augment_pipe.p.device)
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """Count the signs of D's raw outputs on reals ([N, 1], any shape) toward the next update."""
+        self._real_signs[0] += real_logits.detach().sign().sum().double()
+        self._real_signs[1] += real_logits.numel()
+
+    def after_step(self, step: int, batch_size: int) -> None:
+        """Update p when `step`, the index of the training step just done, is a multiple of `interval`.
+
+        Collective: every rank calls it after every step.
+
+        Args:
+            batch_size: Images per step, all ranks together.
+        """
+        if step % self.interval == 0:
+            self.update(self.take_real_sign_mean(), batch_size)
+
+    def take_real_sign_mean(self) -> float:
+        """r_t: the mean sign of D on reals observed since the previous call, over all ranks; resets the counts.
+
+        Collective: every rank must call it at the same step.
+        """
+        signs = distributed.all_reduce_sum(self._real_signs.clone())
+        self._real_signs.zero_()
+        return float(signs[0] / signs[1]) if signs[1] > 0 else 0.0
 
     def step_size(self, batch_size: int) -> float:
         """How much one update moves p: the images seen since the last update over ada_kimg thousand."""
@@ -603,8 +633,8 @@ class AdaController:
         """Move p by one step toward the target and return it.
 
         Args:
-            real_sign_mean: E[sign(D(real))] over the last `interval` D steps, all ranks.
-            batch_size:     Images per D step, all ranks together.
+            real_sign_mean: E[sign(D(real))] over the last `interval` steps, all ranks.
+            batch_size:     Images per step, all ranks together.
 
         Returns:
             The new p, as stored (float32).
@@ -618,9 +648,35 @@ class AdaController:
         self.num_updates += 1
         return float(np.float32(p))
 
+    def snapshot(self) -> torch.Tensor:
+        """A copy of the pending signs on their device, for `restore`: what a phase redone by --batch-gpu=auto
+        observed is undone without a device synchronization."""
+        return self._real_signs.clone()
+
+    def restore(self, saved: torch.Tensor) -> None:
+        """Put back the pending signs that `snapshot` copied."""
+        self._real_signs.copy_(saved)
+
+    def gather_pending(self) -> None:
+        """Move every rank's pending signs to rank 0, so that rank 0's state_dict holds them all.
+
+        Collective: call on every rank right before rank 0 saves a training state. The next update's mean is the
+        same, since it sums over ranks.
+        """
+        if distributed.is_distributed():
+            distributed.all_reduce_sum(self._real_signs)
+            if not distributed.is_main():
+                self._real_signs.zero_()
+
     def state_dict(self) -> dict[str, Any]:
-        """Settings and counters (p is in the pipe's state dict)."""
-        return dict(target=self.target, interval=self.interval, ada_kimg=self.ada_kimg, num_updates=self.num_updates)
+        """Settings, counter and the pending signs [sum, count] (float64, on the CPU); p is in the pipe's state."""
+        return dict(
+            target=self.target,
+            interval=self.interval,
+            ada_kimg=self.ada_kimg,
+            num_updates=self.num_updates,
+            real_signs=self._real_signs.cpu().clone(),
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict returned."""
@@ -628,3 +684,6 @@ class AdaController:
         self.interval = int(state["interval"])
         self.ada_kimg = float(state["ada_kimg"])
         self.num_updates = int(state["num_updates"])
+        # The saved counts are all ranks' together (see gather_pending); rank 0 alone takes them back.
+        signs = torch.as_tensor(state["real_signs"], dtype=torch.float64)
+        self._real_signs.copy_(signs if distributed.is_main() else torch.zeros_like(signs))

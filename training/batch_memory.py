@@ -74,18 +74,21 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 class PhaseUndo:
     """What a phase's accumulation changes besides gradients, copied before it on the tensors' own devices: the
-    loss's state (path length mean, pending signs for ADA), G's and D's buffers (tracked statistics such as w_avg)
-    and the reported statistics. `restore` puts them back."""
+    loss's state (path length mean), the pending signs of the ADA controller the loss feeds, G's and D's buffers
+    (tracked statistics such as w_avg) and the reported statistics. `restore` puts them back."""
 
     def __init__(self, loss: StyleGAN2Loss):
         self.loss = loss
         self.loss_state = loss.snapshot()
+        self.ada_state = loss.ada.snapshot() if loss.ada is not None else None
         self.buffers = [(b, b.clone()) for module in (loss.G, loss.D) for b in module.buffers()]
         self.stats = training_stats.default_recorder.snapshot()
 
     def restore(self) -> None:
         """Undo every change made since the copy."""
         self.loss.restore(self.loss_state)
+        if self.loss.ada is not None:
+            self.loss.ada.restore(self.ada_state)
         with torch.no_grad():
             for buffer, saved in self.buffers:
                 buffer.copy_(saved)

@@ -1,4 +1,5 @@
-"""One typed, serializable configuration per training run, the preset table, and their validation."""
+"""One typed, serializable configuration per training run, the preset table, the networks a config builds, and
+their validation."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ PRESETS: dict[str, Preset] = {
         G_mixed_precision=dict(num_fp16_res=0, fc_clamp=256, fp16_final_blocks=True),
         G_fp32=dict(num_fp16_res=0, fc_clamp=256, fp16_final_blocks=False),
         G_stats_network="G",
-    ),  # fmt: skip
+    ),
     "stylegan3-t": Preset(G_class=networks_stylegan3.Generator, map_depth=2, glr=0.0025, magnitude_ema=True),
     "stylegan3-r": Preset(
         G_class=networks_stylegan3.Generator,
@@ -70,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         G_kwargs=dict(conv_kernel=1, use_radial_filters=True),
         blur_init_sigma=10,
         blur_fade_kimg_per_32=200,
-    ),  # fmt: skip
+    ),
     "stylegan2": Preset(
         G_class=networks_stylegan2.Generator,
         map_depth=8,
@@ -78,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         style_mixing_prob=0.9,
         pl_weight=2.0,
         G_reg_interval=4,
-    ),  # fmt: skip
+    ),
 }
 
 # ----------------------------------------------------------------------------
@@ -162,9 +163,28 @@ def fine_tuning(c: TrainingConfig) -> TrainingConfig:
 
 # Options that change what is computed. Continuing a run in place (--resume=RUN_DIR / latest) must keep them.
 FIXED_WHEN_CONTINUING = (
-    "cfg", "data", "cond", "mirror", "gpus", "batch_size", "batch_gpu", "gamma", "cbase", "cmax", "map_depth",
-    "mbstd_group", "glr", "dlr", "fp32", "seed", "aug", "p", "target", "freezed", "batch_gpu_auto",
-)  # fmt: skip
+    "cfg",
+    "data",
+    "cond",
+    "mirror",
+    "gpus",
+    "batch_size",
+    "batch_gpu",
+    "gamma",
+    "cbase",
+    "cmax",
+    "map_depth",
+    "mbstd_group",
+    "glr",
+    "dlr",
+    "fp32",
+    "seed",
+    "aug",
+    "p",
+    "target",
+    "freezed",
+    "batch_gpu_auto",
+)
 
 
 @dataclasses.dataclass
@@ -279,6 +299,37 @@ class TrainingConfig:
             return cls.from_dict(json.load(f))
 
 
+def construct_networks(
+    c: TrainingConfig, resolution: int, num_channels: int, label_dim: int
+) -> tuple[torch.nn.Module, networks_stylegan2.Discriminator]:
+    """G (per the preset and c.G_kwargs) and the StyleGAN2 D for images of the given shape, on the CPU.
+
+    Precision follows the published train.py: G per the preset (`G_mixed_precision`, or `G_fp32` with --fp32), D
+    in float16 in its 4 highest resolutions clamped to +-256, or in float32 unclamped with --fp32.
+    """
+    G_precision = c.preset.G_fp32 if c.fp32 else c.preset.G_mixed_precision
+    G = c.preset.G_class(
+        z_dim=c.z_dim,
+        c_dim=label_dim,
+        w_dim=c.w_dim,
+        img_resolution=resolution,
+        img_channels=num_channels,
+        mapping_kwargs=dict(num_layers=c.map_depth),
+        **G_precision,
+        **c.G_kwargs,
+    )
+    D = networks_stylegan2.Discriminator(
+        c_dim=label_dim,
+        img_resolution=resolution,
+        img_channels=num_channels,
+        channel_base=c.cbase,
+        channel_max=c.cmax,
+        epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group),
+        **(STYLEGAN_FP32 if c.fp32 else STYLEGAN_MIXED_PRECISION),
+    )
+    return G, D
+
+
 def batch_gpu_candidates(per_gpu: int, mbstd_group: int) -> list[int]:
     """The per-GPU batches --batch-gpu=auto may use, largest first: the divisors of `per_gpu` (the images of one
     process per step) that are multiples of `mbstd_group` (D's minibatch-std groups must not straddle rounds)."""
@@ -291,9 +342,14 @@ class ConfigError(ValueError):
 
 # The train.py float options and the config fields they set; messages name the option, or else the field.
 FLOAT_OPTIONS = {
-    "gamma": "--gamma", "glr": "--glr", "dlr": "--dlr", "p": "--p", "target": "--target", "total_kimg": "--kimg",
+    "gamma": "--gamma",
+    "glr": "--glr",
+    "dlr": "--dlr",
+    "p": "--p",
+    "target": "--target",
+    "total_kimg": "--kimg",
     "tick_kimg": "--tick",
-}  # fmt: skip
+}
 
 
 def non_finite_values(c: TrainingConfig) -> list[str]:

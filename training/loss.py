@@ -25,6 +25,7 @@ import torch
 
 from torch_utils import distributed, training_stats
 from torch_utils.ops import upfirdn2d
+from training.augment import AdaController
 
 
 class Phase(enum.Enum):
@@ -78,6 +79,7 @@ class StyleGAN2Loss:
         G: torch.nn.Module,
         D: torch.nn.Module,
         augment_pipe: torch.nn.Module | None = None,
+        ada: AdaController | None = None,
         r1_gamma: float = 10.0,
         style_mixing_prob: float = 0.0,
         pl_weight: float = 0.0,
@@ -91,6 +93,8 @@ class StyleGAN2Loss:
         Args:
             G, D:              The networks being trained (not the EMA copy).
             augment_pipe:      Applied to every image D sees, reals and fakes; None: no augmentation.
+            ada:               Shown D's outputs on reals (`observe`), from which it tunes augment_pipe's p; None:
+                               p stays as it is.
             r1_gamma:          R1 weight gamma; the penalty is gamma/2 * |grad D(x)|^2 on reals. 0 disables R1.
             style_mixing_prob: Probability that a generated sample switches to a second latent at a random layer.
             pl_weight:         Path length regularization weight; 0 disables it.
@@ -108,6 +112,7 @@ class StyleGAN2Loss:
         self.G = G
         self.D = D
         self.augment_pipe = augment_pipe
+        self.ada = ada
         self.r1_gamma = r1_gamma
         self.style_mixing_prob = style_mixing_prob
         self.pl_weight = pl_weight
@@ -119,8 +124,6 @@ class StyleGAN2Loss:
         self.blur_sigma = 0.0  # The current blur, set by accumulate_gradients from the image count.
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
-        # Signs of D's outputs on reals since the last ADA update: [sum, count], read by take_real_sign_mean().
-        self._real_signs = torch.zeros([2], dtype=torch.float64, device=device)
         self._pl_reduced = False  # Whether this phase's path length all-reduce has run (see join_collectives).
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,14 +213,13 @@ class StyleGAN2Loss:
             self._pl_reduced = True
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of the state a phase changes (the path length mean, the pending signs), on its device, for
-        `restore`: a failed phase is undone without a device synchronization."""
-        return {"pl_mean": self.pl_mean.clone(), "real_signs": self._real_signs.clone()}
+        """A copy of the state a phase changes (the path length mean), on its device, for `restore`: a failed phase
+        is undone without a device synchronization. What `ada` observed is its own (AdaController.snapshot)."""
+        return {"pl_mean": self.pl_mean.clone()}
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
         """Put back what `snapshot` copied."""
         self.pl_mean.copy_(saved["pl_mean"])
-        self._real_signs.copy_(saved["real_signs"])
 
     def _accumulate_G_main(self, chunk: Chunk, gain: float, update_emas: bool) -> None:
         """Non-saturating generator loss: softplus(-D(G(z)))."""
@@ -319,8 +321,8 @@ class StyleGAN2Loss:
         real_logits = self.run_D(real_img_tmp, chunk.real_c)
         training_stats.report("Loss/scores/real", real_logits)
         training_stats.report("Loss/signs/real", real_logits.sign())
-        self._real_signs[0] += real_logits.detach().sign().sum().double()
-        self._real_signs[1] += real_logits.numel()
+        if self.ada is not None:
+            self.ada.observe(real_logits)
         loss = torch.zeros_like(real_logits)
         if main:
             loss_Dreal = torch.nn.functional.softplus(-real_logits)  # [N, 1]
@@ -335,31 +337,11 @@ class StyleGAN2Loss:
             loss = loss + loss_Dr1
         loss.mean().mul(gain).backward()
 
-    def take_real_sign_mean(self) -> float:
-        """The mean sign of D on reals since the previous call, over all ranks (ADA's r_t); resets the count.
-
-        Collective: every rank must call it at the same step.
-        """
-        signs = distributed.all_reduce_sum(self._real_signs.clone())
-        self._real_signs.zero_()
-        return float(signs[0] / signs[1]) if signs[1] > 0 else 0.0
-
-    def gather_pending(self) -> None:
-        """Move every rank's pending signs of D on reals to rank 0, so rank 0's state_dict holds them all.
-
-        Collective: call on every rank right before rank 0 saves a training state.
-        """
-        if distributed.is_distributed():
-            distributed.all_reduce_sum(self._real_signs)
-            if not distributed.is_main():
-                self._real_signs.zero_()
-
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The loss's own state for exact resume: the path length mean and the pending signs of D on reals."""
-        return {"pl_mean": self.pl_mean.detach().cpu().clone(), "real_signs": self._real_signs.cpu().clone()}
+        """The loss's own state for exact resume: the path length mean."""
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what `state_dict` returned."""
+        """Restore what `state_dict` returned. The `real_signs` of states written before AdaController kept them are
+        not the loss's: Trainer.load_state_dict hands them to the controller."""
         self.pl_mean.copy_(state["pl_mean"])
-        # The saved counts are all ranks' together (see gather_pending); rank 0 alone takes them back.
-        self._real_signs.copy_(state["real_signs"] if distributed.is_main() else torch.zeros_like(self._real_signs))

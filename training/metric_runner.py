@@ -43,9 +43,14 @@ class MetricRunner:
         results = []
         for name in self.names:
             result = metrics.calc_metric(
-                name, G_ema, self.dataset_kwargs, self.device, dataset_factory=ImageFolderDataset,
-                detector_dir=self.detector_dir, num_workers=self.num_workers,
-            )  # fmt: skip
+                name,
+                G_ema,
+                self.dataset_kwargs,
+                self.device,
+                dataset_factory=ImageFolderDataset,
+                detector_dir=self.detector_dir,
+                num_workers=self.num_workers,
+            )
             metrics.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_pkl)
             if self.log is not None:
                 self.log.write_scalars({f"Metrics/{key}": value for key, value in result["results"].items()}, kimg)

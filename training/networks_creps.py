@@ -248,9 +248,14 @@ class SynthesisNetwork(generator.SynthesisNetwork):
 
         for res in self.block_resolutions:
             block = LineBlock(
-                channels[res // 2] if res > 4 else 1, channels[res], w_dim, img_resolution, biline_channels,
-                fc_clamp=fc_clamp, use_fp16=res >= fp16_res,
-            )  # fmt: skip
+                channels[res // 2] if res > 4 else 1,
+                channels[res],
+                w_dim,
+                img_resolution,
+                biline_channels,
+                fc_clamp=fc_clamp,
+                use_fp16=res >= fp16_res,
+            )
             setattr(self, f"b{res}", block)
         # decoder_{r} carries the accumulated pixel features into block r. The first combined features come from
         # b8, so decoder_8 is never applied; it exists in the published networks and stays for loading them.
@@ -258,10 +263,24 @@ class SynthesisNetwork(generator.SynthesisNetwork):
             setattr(self, f"decoder_{res}", make_decoder(biline_channels))
         self.decoder_last = make_decoder(biline_channels)
         self.decoder_img = FullyConnectedLayer(biline_channels, img_channels)
-        self.block0 = LineBlock(biline_channels, 4 * biline_channels, w_dim, img_resolution, img_channels,
-                                fc_clamp=FINAL_BLOCK_CLAMP, use_fp16=fp16_final_blocks)  # fmt: skip
-        self.block1 = LineBlock(4 * biline_channels, 2 * biline_channels, w_dim, img_resolution, img_channels,
-                                fc_clamp=FINAL_BLOCK_CLAMP, use_fp16=fp16_final_blocks)  # fmt: skip
+        self.block0 = LineBlock(
+            biline_channels,
+            4 * biline_channels,
+            w_dim,
+            img_resolution,
+            img_channels,
+            fc_clamp=FINAL_BLOCK_CLAMP,
+            use_fp16=fp16_final_blocks,
+        )
+        self.block1 = LineBlock(
+            4 * biline_channels,
+            2 * biline_channels,
+            w_dim,
+            img_resolution,
+            img_channels,
+            fc_clamp=FINAL_BLOCK_CLAMP,
+            use_fp16=fp16_final_blocks,
+        )
         # One w for the input, one per fc layer of the line blocks, one for the last skip output; the final
         # image blocks reuse the last w.
         self.num_ws = 1 + sum(getattr(self, f"b{res}").num_fc for res in self.block_resolutions) + 1

@@ -227,14 +227,25 @@ class SynthesisLayer(torch.nn.Module):
             styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel**2))
         dtype = block_dtype(self.use_fp16, force_fp32, x.device)
         x = modulated_conv2d(
-            x.to(dtype), self.weight, styles, demodulate=not self.is_torgb, padding=self.conv_kernel - 1,
+            x.to(dtype),
+            self.weight,
+            styles,
+            demodulate=not self.is_torgb,
+            padding=self.conv_kernel - 1,
             input_gain=input_gain,
-        )  # fmt: skip
+        )
         x = filtered_lrelu.filtered_lrelu(
-            x, fu=self.up_filter, fd=self.down_filter, b=self.bias.to(x.dtype), up=self.up_factor,
-            down=self.down_factor, padding=self.padding, gain=1 if self.is_torgb else np.sqrt(2),
-            slope=1 if self.is_torgb else 0.2, clamp=self.conv_clamp,
-        )  # fmt: skip
+            x,
+            fu=self.up_filter,
+            fd=self.down_filter,
+            b=self.bias.to(x.dtype),
+            up=self.up_factor,
+            down=self.down_factor,
+            padding=self.padding,
+            gain=1 if self.is_torgb else np.sqrt(2),
+            slope=1 if self.is_torgb else 0.2,
+            clamp=self.conv_clamp,
+        )
         misc.assert_shape(x, [None, self.out_channels, self.out_size, self.out_size])
         return x
 
@@ -309,8 +320,9 @@ class SynthesisNetwork(generator.SynthesisNetwork):
         self.output_scale = output_scale
         self.num_fp16_res = num_fp16_res
 
-        schedule = layer_schedule(img_resolution, num_layers, num_critical, first_cutoff, first_stopband,
-                                  last_stopband_rel)  # fmt: skip
+        schedule = layer_schedule(
+            img_resolution, num_layers, num_critical, first_cutoff, first_stopband, last_stopband_rel
+        )
         cutoffs, rates, half_widths = schedule["cutoffs"], schedule["sampling_rates"], schedule["half_widths"]
         sizes = rates + margin_size * 2
         sizes[-2:] = img_resolution
@@ -322,13 +334,22 @@ class SynthesisNetwork(generator.SynthesisNetwork):
         for idx in range(num_layers + 1):
             prev = max(idx - 1, 0)
             layer = SynthesisLayer(
-                w_dim, is_torgb=(idx == num_layers), is_critically_sampled=(idx >= num_layers - num_critical),
-                use_fp16=bool(rates[idx] * 2**num_fp16_res > img_resolution), in_channels=int(channels[prev]),
-                out_channels=int(channels[idx]), in_size=int(sizes[prev]), out_size=int(sizes[idx]),
-                in_sampling_rate=int(rates[prev]), out_sampling_rate=int(rates[idx]), in_cutoff=cutoffs[prev],
-                out_cutoff=cutoffs[idx], in_half_width=half_widths[prev], out_half_width=half_widths[idx],
+                w_dim,
+                is_torgb=(idx == num_layers),
+                is_critically_sampled=(idx >= num_layers - num_critical),
+                use_fp16=bool(rates[idx] * 2**num_fp16_res > img_resolution),
+                in_channels=int(channels[prev]),
+                out_channels=int(channels[idx]),
+                in_size=int(sizes[prev]),
+                out_size=int(sizes[idx]),
+                in_sampling_rate=int(rates[prev]),
+                out_sampling_rate=int(rates[idx]),
+                in_cutoff=cutoffs[prev],
+                out_cutoff=cutoffs[idx],
+                in_half_width=half_widths[prev],
+                out_half_width=half_widths[idx],
                 **layer_kwargs,
-            )  # fmt: skip
+            )
             name = f"L{idx}_{layer.out_size}_{layer.out_channels}"
             setattr(self, name, layer)
             self.layer_names.append(name)

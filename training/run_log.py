@@ -63,8 +63,10 @@ class RunLog:
         sys.stderr = _Tee(sys.stderr, self._log_file)
         self._tensorboard = _open_tensorboard(run_dir)
         if self._tensorboard is None:
-            print("TensorBoard logging is off (pip install tensorboard, or the [tensorboard] extra); stats.jsonl has "
-                  "every value.")  # fmt: skip
+            print(
+                "TensorBoard logging is off (pip install tensorboard, or the [tensorboard] extra); stats.jsonl has "
+                "every value."
+            )
 
     def write_stats(self, stats: dict[str, Any], global_step_kimg: float) -> None:
         """Append `stats` ({name: {num, mean, std}}) to stats.jsonl and the TensorBoard event file."""

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import glob
 import os
-import re
 import time
 from typing import Any
 
@@ -24,12 +22,13 @@ import dnnlib
 from torch_utils import distributed, host_memory, misc, training_stats
 from training import batch_memory, checkpoint, plots, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
-from training.config import STYLEGAN_FP32, STYLEGAN_MIXED_PRECISION, TrainingConfig
+from training.config import TrainingConfig, construct_networks
 from training.dataset import ImageFolderDataset, SkipDamaged
 from training.loss import Chunk, Phase, StyleGAN2Loss
 from training.metric_runner import BestSnapshot, MetricRunner
 from training.networks_stylegan2 import Discriminator
 from training.run_log import RunLog, grid_shape, save_image_grid
+from training.runs import newest_snapshot, prepare_run_dir, resume, write_training_options
 
 
 @dataclasses.dataclass
@@ -117,10 +116,15 @@ class Trainer:
         """Networks, optimizers, loss state, augmentation probability, counters and the batch_gpu in effect."""
         optimizers = {runner.phase.network: runner.opt for runner in self.phases}
         state = {
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.ema.state_dict(),
-            "G_opt": optimizers["G"].state_dict(), "D_opt": optimizers["D"].state_dict(),
-            "loss": self.loss.state_dict(), "progress": self.progress.state_dict(), "batch_gpu": self.batch_gpu,
-        }  # fmt: skip
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.ema.state_dict(),
+            "G_opt": optimizers["G"].state_dict(),
+            "D_opt": optimizers["D"].state_dict(),
+            "loss": self.loss.state_dict(),
+            "progress": self.progress.state_dict(),
+            "batch_gpu": self.batch_gpu,
+        }
         if self.augment_pipe is not None:
             state["augment_pipe"] = self.augment_pipe.state_dict()
         if self.ada is not None:
@@ -141,7 +145,10 @@ class Trainer:
         if self.augment_pipe is not None:
             self.augment_pipe.load_state_dict(state["augment_pipe"])
         if self.ada is not None:
-            self.ada.load_state_dict(state["ada"])
+            ada_state = state["ada"]
+            if "real_signs" not in ada_state:  # Older states kept ADA's pending signs in the loss's state.
+                ada_state = {**ada_state, "real_signs": state["loss"]["real_signs"]}
+            self.ada.load_state_dict(ada_state)
 
     @property
     def augment_p(self) -> float:
@@ -158,27 +165,6 @@ def training_set_kwargs(c: TrainingConfig) -> dict:
     return dict(path=c.data, use_labels=c.cond, xflip=c.mirror, max_size=None, random_seed=c.seed)
 
 
-def construct_networks(
-    c: TrainingConfig, resolution: int, num_channels: int, label_dim: int
-) -> tuple[torch.nn.Module, Discriminator]:
-    """G (per the preset and c.G_kwargs) and the StyleGAN2 D for images of the given shape, on the CPU.
-
-    Precision follows the published train.py: G per the preset (`G_mixed_precision`, or `G_fp32` with --fp32), D
-    in float16 in its 4 highest resolutions clamped to +-256, or in float32 unclamped with --fp32.
-    """
-    G_precision = c.preset.G_fp32 if c.fp32 else c.preset.G_mixed_precision
-    G = c.preset.G_class(
-        z_dim=c.z_dim, c_dim=label_dim, w_dim=c.w_dim, img_resolution=resolution, img_channels=num_channels,
-        mapping_kwargs=dict(num_layers=c.map_depth), **G_precision, **c.G_kwargs,
-    )  # fmt: skip
-    D = Discriminator(
-        c_dim=label_dim, img_resolution=resolution, img_channels=num_channels, channel_base=c.cbase,
-        channel_max=c.cmax, epilogue_kwargs=dict(mbstd_group_size=c.mbstd_group),
-        **(STYLEGAN_FP32 if c.fp32 else STYLEGAN_MIXED_PRECISION),
-    )  # fmt: skip
-    return G, D
-
-
 def build_networks(c: TrainingConfig, dataset: ImageFolderDataset, device: torch.device):
     """Construct G, D and G_ema for the dataset's resolution, channels and labels, identically on every rank."""
     torch.manual_seed(c.seed)
@@ -193,7 +179,7 @@ def build_trainer(c: TrainingConfig, dataset: ImageFolderDataset, device: torch.
     """Networks, augmentation, loss and phases for a new run, identically on every rank; counters at zero."""
     G, D, G_ema = build_networks(c, dataset, device)
     augment_pipe, ada = build_augmentation(c, device)
-    loss = build_loss(c, G, D, augment_pipe)
+    loss = build_loss(c, G, D, augment_pipe, ada)
     ema = GeneratorEma(G_ema, c.ema_kimg, c.ema_rampup)
     return Trainer(G, D, ema, build_phases(c, G, D), loss, Progress(), augment_pipe, ada, c.batch_gpu)
 
@@ -222,14 +208,27 @@ def build_phases(c: TrainingConfig, G: torch.nn.Module, D: Discriminator) -> lis
 
 
 def build_loss(
-    c: TrainingConfig, G: torch.nn.Module, D: Discriminator, augment_pipe: AugmentPipe | None
+    c: TrainingConfig,
+    G: torch.nn.Module,
+    D: Discriminator,
+    augment_pipe: AugmentPipe | None,
+    ada: AdaController | None = None,
 ) -> StyleGAN2Loss:
-    """The loss with the config's weights and the preset's rule for G's tracked statistics."""
+    """The loss with the config's weights and the preset's rule for G's tracked statistics, feeding `ada`."""
     return StyleGAN2Loss(
-        G, D, augment_pipe=augment_pipe, r1_gamma=c.gamma, style_mixing_prob=c.style_mixing_prob,
-        pl_weight=c.pl_weight, pl_batch_shrink=c.pl_batch_shrink, pl_decay=c.pl_decay,
-        blur_init_sigma=c.blur_init_sigma, blur_fade_kimg=c.blur_fade_kimg, G_stats_network=c.preset.G_stats_network,
-    )  # fmt: skip
+        G,
+        D,
+        augment_pipe=augment_pipe,
+        ada=ada,
+        r1_gamma=c.gamma,
+        style_mixing_prob=c.style_mixing_prob,
+        pl_weight=c.pl_weight,
+        pl_batch_shrink=c.pl_batch_shrink,
+        pl_decay=c.pl_decay,
+        blur_init_sigma=c.blur_init_sigma,
+        blur_fade_kimg=c.blur_fade_kimg,
+        G_stats_network=c.preset.G_stats_network,
+    )
 
 
 def build_augmentation(c: TrainingConfig, device: torch.device) -> tuple[AugmentPipe | None, AdaController | None]:
@@ -412,8 +411,8 @@ def train_step(t: Trainer, c: TrainingConfig, reals: list[tuple[torch.Tensor, to
         if t.progress.step % runner.interval == 0:
             while not run_phase(runner, phase_index, t.loss, reals, labels, t.G.z_dim, c, t.progress, split):
                 reals, split = lower_batch_gpu(t, c, runner.phase, reals, split)
-    if t.ada is not None and t.progress.step % t.ada.interval == 0:
-        t.ada.update(t.loss.take_real_sign_mean(), c.batch_size)  # ADA (Karras et al. 2020, Section 3).
+    if t.ada is not None:
+        t.ada.after_step(t.progress.step, c.batch_size)  # ADA (Karras et al. 2020, Section 3).
     t.ema.update(t.G, t.progress.cur_nimg, c.batch_size)
     t.progress.cur_nimg += c.batch_size
     t.progress.step += 1
@@ -446,7 +445,7 @@ def training_loop(c: TrainingConfig) -> None:
     dataset = ImageFolderDataset(**training_set_kwargs(c))
     labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])).to(device)
     t = build_trainer(c, dataset, device)
-    G, D, G_ema, loss = t.G, t.D, t.ema.module, t.loss
+    G, D, G_ema = t.G, t.D, t.ema.module
     continuing = resume(c, t)
     for module in (G, D, G_ema):
         broadcast_module(module)
@@ -497,7 +496,8 @@ def training_loop(c: TrainingConfig) -> None:
                     t.progress.cur_tick += 1
                     t.progress.tick_start_nimg = t.progress.cur_nimg
                     if done or (t.progress.cur_tick - 1) % c.snap_ticks == 0:
-                        loss.gather_pending()
+                        if t.ada is not None:
+                            t.ada.gather_pending()
                         snapshot_pkl = save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
                         health.last_snapshot = snapshot_pkl
                         states.saved(t.progress.cur_nimg)
@@ -520,7 +520,8 @@ def training_loop(c: TrainingConfig) -> None:
                 stopping, state_due = distributed.agree([stop.requested, states.due(t.progress.cur_nimg)])
                 if stopping or state_due:
                     health.check_weights(t)  # A state with non-finite weights would only resume the divergence.
-                    loss.gather_pending()
+                    if t.ada is not None:
+                        t.ada.gather_pending()
                     save_training_state(c, t, elapsed_sec=time.time() - start_time)
                     states.saved(t.progress.cur_nimg)
                 if stopping:
@@ -640,12 +641,6 @@ def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
     return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
 
 
-def newest_snapshot(run_dir: str) -> str | None:
-    """The newest network-snapshot-*.pkl of a run directory (a continued run's), or None."""
-    paths = sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
-    return paths[-1] if paths else None
-
-
 def speed_fields(
     cur_tick: int, tick_sec: float, tick_kimg: float, kimg_left: float, total_sec: float
 ) -> list[tuple[str, Any, str]]:
@@ -703,7 +698,7 @@ def report_tick(
 
 
 # ----------------------------------------------------------------------------
-# Snapshots, resume and start-up output.
+# Snapshots and start-up output (the run directory and --resume: training/runs.py).
 
 
 class SnapshotGrid:
@@ -793,53 +788,6 @@ def save_training_state(c: TrainingConfig, t: Trainer, elapsed_sec: float, quiet
         print(f"Saved {os.path.basename(path)} at kimg {t.progress.cur_nimg / 1000:g}.")
 
 
-def resume(c: TrainingConfig, t: Trainer) -> bool:
-    """Load the training state or snapshot weights `c` names, if any. Returns whether counters carried over."""
-    if c.resume_state is not None:
-        distributed.print0(f"Continuing from {c.resume_state}")
-        t.load_state_dict(checkpoint.load_state(c.resume_state, map_location=next(t.G.parameters()).device))
-        return True
-    if c.resume_pkl is not None:
-        snapshot = checkpoint.load_snapshot(c.resume_pkl)
-        source = snapshot.get("source", "our snapshot format")
-        distributed.print0(f"Starting a new run from the weights of {c.resume_pkl} ({source}; kimg starts at 0)")
-        for name, module in [("G", t.G), ("D", t.D), ("G_ema", t.ema.module)]:
-            if snapshot.get(name) is None:
-                distributed.print0(f"{name}: the snapshot has none; every tensor starts at its initialization")
-                continue
-            copied, _ = transfer_weights(snapshot[name], module)
-            names = [tensor_name for tensor_name, _ in misc.named_params_and_buffers(module)]
-            summary = describe_transfer(names, copied)
-            distributed.print0(f"{name}: copied {len(copied)} of {len(names)} tensors; {summary}")
-    return False
-
-
-def describe_transfer(names: list[str], copied: list[str]) -> str:
-    """Which parts of a network were copied, by layer block in the network's order (`mapping`, `synthesis.b16`,
-    `synthesis.L3_52_512`, D's `b64`): 'all of mapping, synthesis.b4; 3 of 9 of synthesis.b16; none of b32'."""
-    totals: dict[str, list[int]] = {}  # block -> [copied, total]
-    copied_set = set(copied)
-    for name in names:
-        parts = name.split(".")
-        block = ".".join(parts[:2]) if parts[0] == "synthesis" and len(parts) > 2 else parts[0]
-        counts = totals.setdefault(block, [0, 0])
-        counts[0] += name in copied_set
-        counts[1] += 1
-    full = [block for block, (n, total) in totals.items() if n == total]
-    partial = [f"{n} of {total} of {block}" for block, (n, total) in totals.items() if 0 < n < total]
-    empty = [block for block, (n, _) in totals.items() if n == 0]
-    summary = [f"all of {', '.join(full)}"] if full else []
-    summary += partial + ([f"none of {', '.join(empty)}"] if empty else [])
-    return "; ".join(summary)
-
-
-def transfer_weights(src: torch.nn.Module, dst: torch.nn.Module) -> tuple[list[str], list[str]]:
-    """Copy the tensors of `src` whose name and shape exist in `dst`; return the copied and the other names."""
-    copied = misc.copy_params_and_buffers(src, dst, skip_mismatched=True)
-    left = [name for name, _ in misc.named_params_and_buffers(dst) if name not in set(copied)]
-    return copied, left
-
-
 def broadcast_module(module: torch.nn.Module) -> None:
     """Make every rank's parameters and buffers equal to rank 0's."""
     if distributed.is_distributed():
@@ -858,51 +806,6 @@ def print_summaries(
     with torch.no_grad():
         img = misc.print_module_summary(G, [z, labels])
         misc.print_module_summary(D, [img, labels])
-
-
-def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
-    """Create the run directory and training_options.json on rank 0 (unless continuing in place); every rank
-    returns the config with `run_dir` set.
-
-    Continuing in place from a training state, the per-tick and per-snapshot logs are first cut back to that state
-    (`run_log.drop_entries_after`), so they read as one uninterrupted run.
-
-    Raises:
-        dnnlib.util.WriteError: the run directory or its options file cannot be written (the message names it); a
-            run directory made here is removed again, so no empty run is left behind.
-    """
-    if distributed.is_main():
-        continuing = c.run_dir is not None and os.path.isdir(c.run_dir)
-        if not continuing:
-            for _ in range(100):
-                c = dataclasses.replace(c, run_dir=next_run_dir(c))
-                try:
-                    os.makedirs(c.run_dir)
-                    break
-                except FileExistsError:
-                    continue  # Another job took this number since we listed the folder: take the next one.
-                except OSError as error:
-                    raise dnnlib.util.WriteError(dnnlib.util.describe_write_failure(c.run_dir, error)) from error
-            else:
-                raise dnnlib.util.WriteError(f"Could not make a new run directory in {c.outdir}: every name was taken")
-        try:
-            write_training_options(c)
-        except dnnlib.util.WriteError:
-            if not continuing:
-                os.rmdir(c.run_dir)  # Still empty: the failed write left no file.
-            raise
-        if continuing and c.resume_state is not None:
-            from training import run_log
-
-            progress = checkpoint.load_state(c.resume_state, mmap=True)["progress"]
-            for note in run_log.drop_entries_after(c.run_dir, progress["cur_tick"], progress["cur_nimg"] // 1000):
-                print(note)
-    return distributed.broadcast_object(c)
-
-
-def write_training_options(c: TrainingConfig) -> None:
-    """Write `run_dir/training_options.json` atomically (call on rank 0)."""
-    checkpoint.atomic_write(os.path.join(c.run_dir, "training_options.json"), lambda f: f.write(c.to_json().encode()))
 
 
 def settle_batch_gpu(
@@ -950,17 +853,6 @@ def adopt_batch_gpu(c: TrainingConfig, batch_gpu: int) -> TrainingConfig:
     if distributed.is_main():
         write_training_options(c)
     return c
-
-
-def next_run_dir(c: TrainingConfig) -> str:
-    """outdir/NNNNN-<cfg>-<data>-gpus<N>-batch<B>-gamma<G>[-desc], numbered after the existing runs."""
-    existing = [name for name in os.listdir(c.outdir)] if os.path.isdir(c.outdir) else []
-    numbers = [int(m.group(1)) for m in (re.match(r"^(\d+)-", name) for name in existing) if m]
-    data_name = os.path.splitext(os.path.basename(os.path.normpath(c.data)))[0]
-    desc = f"{c.cfg}-{data_name}-gpus{c.gpus}-batch{c.batch_size}-gamma{c.gamma:g}"
-    if c.desc:
-        desc += f"-{c.desc}"
-    return os.path.join(c.outdir, f"{max(numbers, default=-1) + 1:05d}-{desc}")
 
 
 def run(c: TrainingConfig) -> None:
