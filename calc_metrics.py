@@ -102,10 +102,18 @@ def build_config(opts: dnnlib.EasyDict) -> MetricsConfig:
     needs_data = G.c_dim > 0 or any(metrics.get_metric(name).uses_reals for name in names)
     dataset_kwargs = resolve_dataset_kwargs(snapshot, run_dir, opts.data, opts.mirror, G) if needs_data else None
     return MetricsConfig(
-        network_pkl=opts.network, metric_names=names, dataset_kwargs=dataset_kwargs, run_dir=run_dir,
-        gpus=opts.gpus, verbose=opts.verbose, detector_dir=opts.detector_dir, batch_size=opts.batch,
-        num_gen=opts.num_gen, max_real=opts.max_real, workers=opts.workers,
-    )  # fmt: skip
+        network_pkl=opts.network,
+        metric_names=names,
+        dataset_kwargs=dataset_kwargs,
+        run_dir=run_dir,
+        gpus=opts.gpus,
+        verbose=opts.verbose,
+        detector_dir=opts.detector_dir,
+        batch_size=opts.batch,
+        num_gen=opts.num_gen,
+        max_real=opts.max_real,
+        workers=opts.workers,
+    )
 
 
 def print_config(c: MetricsConfig) -> None:
@@ -127,10 +135,18 @@ def run(c: MetricsConfig) -> None:
     for name in c.metric_names:
         try:
             result = metrics.calc_metric(
-                name, G, c.dataset_kwargs, device, dataset_factory=ImageFolderDataset, detector_dir=c.detector_dir,
-                progress=c.verbose, num_gen=c.num_gen, max_real=c.max_real, batch_size=c.batch_size,
+                name,
+                G,
+                c.dataset_kwargs,
+                device,
+                dataset_factory=ImageFolderDataset,
+                detector_dir=c.detector_dir,
+                progress=c.verbose,
+                num_gen=c.num_gen,
+                max_real=c.max_real,
+                batch_size=c.batch_size,
                 num_workers=c.workers,
-            )  # fmt: skip
+            )
         except metrics.MetricError as error:  # E.g. a corrupt detector file: a message, not a stack trace.
             raise click.ClickException(f"{name}: {error}") from None
         metrics.report_metric(result, run_dir=c.run_dir, snapshot_pkl=c.network_pkl)
@@ -139,33 +155,50 @@ def run(c: MetricsConfig) -> None:
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
 @click.option("--network", metavar="PKL|URL", required=True, help="Network snapshot pickle.")
 @click.option(
-    "--metrics", metavar="LIST", default="fid50k_full", show_default=True,
+    "--metrics",
+    metavar="LIST",
+    default="fid50k_full",
+    show_default=True,
     help=f"Comma-separated metrics: {', '.join(metrics.list_metrics())}.",
-)  # fmt: skip
+)
 @click.option("--data", metavar="[ZIP|DIR]", help="Dataset to compare against  [default: the snapshot's].")
 @click.option("--mirror", metavar="BOOL", type=bool, help="Include x-flipped reals  [default: the snapshot's].")
 @click.option("--gpus", metavar="INT", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
 @click.option("--verbose", metavar="BOOL", type=bool, default=True, show_default=True, help="Show progress.")
 @click.option(
-    "--detector-dir", metavar="DIR", type=click.Path(exists=True),
+    "--detector-dir",
+    metavar="DIR",
+    type=click.Path(exists=True),
     help="Folder with detector files (inception-2015-12-05.pkl, vgg16.pkl), for machines without network.",
-)  # fmt: skip
+)
 @click.option(
-    "--batch", metavar="INT", type=click.IntRange(min=1), default=64, show_default=True,
+    "--batch",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
     help="Images per batch per process.",
-)  # fmt: skip
+)
 @click.option(
-    "--num-gen", metavar="INT", type=click.IntRange(min=2),
+    "--num-gen",
+    metavar="INT",
+    type=click.IntRange(min=2),
     help="Generated images instead of the protocol's (quick checks; not comparable).",
-)  # fmt: skip
+)
 @click.option(
-    "--max-real", metavar="INT", type=click.IntRange(min=2),
+    "--max-real",
+    metavar="INT",
+    type=click.IntRange(min=2),
     help="Real images instead of the protocol's (quick checks; not comparable).",
-)  # fmt: skip
+)
 @click.option(
-    "--workers", metavar="INT", type=click.IntRange(min=0), default=3, show_default=True,
+    "--workers",
+    metavar="INT",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
     help="Data loading processes per process.",
-)  # fmt: skip
+)
 def main(**kwargs) -> None:
     """Compute quality metrics of a network snapshot.
 

@@ -33,9 +33,14 @@ def save_png(array: np.ndarray, path: str) -> None:
 @click.option("--network", "network_pkl", metavar="PATH|URL", required=True, help="Network snapshot pickle.")
 @click.option("--seeds", metavar="LIST", type=dnnlib.util.parse_range, required=True, help="Seeds, e.g. '0,1,4-6'.")
 @click.option(
-    "--trunc", "truncation_psi", metavar="FLOAT", type=FiniteFloatRange(), default=1, show_default=True,
+    "--trunc",
+    "truncation_psi",
+    metavar="FLOAT",
+    type=FiniteFloatRange(),
+    default=1,
+    show_default=True,
     help="Truncation psi.",
-)  # fmt: skip
+)
 @click.option("--class", "class_idx", metavar="INT", type=click.IntRange(min=0), help="Class label (conditional nets).")
 @click.option(
     "--noise-mode",
@@ -47,9 +52,11 @@ def save_png(array: np.ndarray, path: str) -> None:
 @click.option("--translate", metavar="X,Y", type=dnnlib.util.parse_vec2, help="Translate, in image widths (StyleGAN3).")
 @click.option("--rotate", "rotate_deg", metavar="DEG", type=FiniteFloatRange(), help="Rotate, in degrees (StyleGAN3).")
 @click.option(
-    "--scale", metavar="FLOAT", type=FiniteFloatRange(min=0, min_open=True),
+    "--scale",
+    metavar="FLOAT",
+    type=FiniteFloatRange(min=0, min_open=True),
     help="Render at this multiple of the training resolution (CREPS).",
-)  # fmt: skip
+)
 @click.option("--outdir", metavar="DIR", type=click.Path(file_okay=False), required=True, help="Where to save PNGs.")
 @click.option(
     "--device", "device_name", metavar="DEVICE", default=None, help="Torch device  [default: cuda if available]."

@@ -16,8 +16,9 @@ from torch_utils import images
 from training.inference import class_labels, load_generator, parse_grid
 
 
-def keyframe_seeds(seeds: list[int], grid: tuple[int, int], num_keyframes: int | None,
-                   shuffle_seed: int | None) -> list[int]:  # fmt: skip
+def keyframe_seeds(
+    seeds: list[int], grid: tuple[int, int], num_keyframes: int | None, shuffle_seed: int | None
+) -> list[int]:
     """The seed of every keyframe, cell-major: cell (y, x) owns entries (y*W + x)*K .. (y*W + x)*K + K-1.
 
     Args:
@@ -42,8 +43,15 @@ def keyframe_seeds(seeds: list[int], grid: tuple[int, int], num_keyframes: int |
     return all_seeds
 
 
-def keyframe_ws(G: torch.nn.Module, seeds: list[int], grid: tuple[int, int], num_keyframes: int | None,
-                truncation_psi: float, label: torch.Tensor, shuffle_seed: int | None = None) -> np.ndarray:  # fmt: skip
+def keyframe_ws(
+    G: torch.nn.Module,
+    seeds: list[int],
+    grid: tuple[int, int],
+    num_keyframes: int | None,
+    truncation_psi: float,
+    label: torch.Tensor,
+    shuffle_seed: int | None = None,
+) -> np.ndarray:
     """The w of every keyframe of every grid cell, [rows, cols, keyframes, num_ws, w_dim].
 
     Each cell gets consecutive entries of `keyframe_seeds` as its keyframes, row by row (as in the published tool);
@@ -94,29 +102,47 @@ def open_writer(path: str, fps: int):
 @click.option("--network", "network_pkl", metavar="PATH|URL", required=True, help="Network snapshot pickle.")
 @click.option("--seeds", metavar="LIST", type=dnnlib.util.parse_range, required=True, help="Seeds, e.g. '0-31'.")
 @click.option(
-    "--grid", metavar="WxH", type=parse_grid, default="1x1", show_default=True,
+    "--grid",
+    metavar="WxH",
+    type=parse_grid,
+    default="1x1",
+    show_default=True,
     help="Grid of videos: columns x rows, as WxH or W,H.",
-)  # fmt: skip
+)
 @click.option(
     "--num-keyframes", metavar="INT", type=click.IntRange(min=1), help="Keyframes per cell  [default: seeds/cells]."
 )
 @click.option(
-    "--shuffle-seed", metavar="INT", type=click.IntRange(min=0, max=2**32 - 1),
+    "--shuffle-seed",
+    metavar="INT",
+    type=click.IntRange(min=0, max=2**32 - 1),
     help="Shuffle the keyframe seeds with this seed  [default: no shuffle].",
-)  # fmt: skip
+)
 @click.option(
-    "--w-frames", metavar="INT", type=click.IntRange(min=1), default=120, show_default=True,
+    "--w-frames",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
     help="Frames between keyframes.",
-)  # fmt: skip
+)
 @click.option(
-    "--trunc", "truncation_psi", metavar="FLOAT", type=FiniteFloatRange(), default=1, show_default=True,
+    "--trunc",
+    "truncation_psi",
+    metavar="FLOAT",
+    type=FiniteFloatRange(),
+    default=1,
+    show_default=True,
     help="Truncation psi.",
-)  # fmt: skip
+)
 @click.option("--class", "class_idx", metavar="INT", type=click.IntRange(min=0), help="Class label (conditional nets).")
 @click.option(
-    "--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
+    "--noise-mode",
+    type=click.Choice(["const", "random", "none"]),
+    default="const",
+    show_default=True,
     help="Noise mode.",
-)  # fmt: skip
+)
 @click.option("--fps", metavar="INT", type=click.IntRange(min=1), default=60, show_default=True, help="Frame rate.")
 @click.option("--output", metavar="FILE.mp4", type=click.Path(dir_okay=False), required=True, help="Output video.")
 @click.option("--device", "device_name", metavar="DEVICE", help="Torch device  [default: cuda if available].")

@@ -53,8 +53,18 @@ def ops_worker(resolution: int, batch: int, cbase: int, cmax: int, repeats: int)
     from training.networks_stylegan3 import Generator
 
     torch.manual_seed(0)
-    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=resolution, img_channels=3, num_fp16_res=4,
-                  conv_clamp=256, channel_base=cbase, channel_max=cmax, mapping_kwargs=dict(num_layers=2))  # fmt: skip
+    G = Generator(
+        z_dim=512,
+        c_dim=0,
+        w_dim=512,
+        img_resolution=resolution,
+        img_channels=3,
+        num_fp16_res=4,
+        conv_clamp=256,
+        channel_base=cbase,
+        channel_max=cmax,
+        mapping_kwargs=dict(num_layers=2),
+    )
     z = torch.randn([batch, G.z_dim])
 
     calls = {}  # (x shape, up, down) -> [arguments, keyword arguments, count]
@@ -93,8 +103,16 @@ def ops_worker(resolution: int, batch: int, cbase: int, cmax: int, repeats: int)
             with torch.no_grad():
                 original(x, *args, **kwargs)
 
-        rows.append(dict(shape=list(shape), up=up, down=down, count=count, fwd_ms=median_ms(forward),
-                         fwd_bwd_ms=median_ms(forward_backward)))  # fmt: skip
+        rows.append(
+            dict(
+                shape=list(shape),
+                up=up,
+                down=down,
+                count=count,
+                fwd_ms=median_ms(forward),
+                fwd_bwd_ms=median_ms(forward_backward),
+            )
+        )
 
     def G_forward():
         with torch.no_grad():
@@ -126,16 +144,32 @@ def measure_training(tree: Path, data: Path, outdir: Path, opts: dict) -> dict:
     from training.run_log import read_jsonl
 
     ticks = WARMUP_TICKS - 1 + opts["steady_ticks"]  # after tick 0, which is a single step
-    cmd = [sys.executable, "train.py", f"--outdir={outdir}", "--cfg=stylegan3-t", f"--data={data}", "--gpus=1",
-           f"--batch={opts['batch']}", "--gamma=0.05", "--metrics=none", f"--cbase={opts['cbase']}",
-           f"--cmax={opts['cmax']}", f"--kimg={ticks * opts['tick_kimg']:g}", f"--tick={opts['tick_kimg']:g}",
-           f"--snap={int(1 / opts['tick_kimg']) + 1}", "--workers=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"--outdir={outdir}",
+        "--cfg=stylegan3-t",
+        f"--data={data}",
+        "--gpus=1",
+        f"--batch={opts['batch']}",
+        "--gamma=0.05",
+        "--metrics=none",
+        f"--cbase={opts['cbase']}",
+        f"--cmax={opts['cmax']}",
+        f"--kimg={ticks * opts['tick_kimg']:g}",
+        f"--tick={opts['tick_kimg']:g}",
+        f"--snap={int(1 / opts['tick_kimg']) + 1}",
+        "--workers=1",
+    ]
     env = dict(os.environ, PYTHONPATH=str(tree))
     subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
     stats = read_jsonl(str(sorted(outdir.glob("*/stats.jsonl"))[-1]))
     steady = [tick["Timing/sec_per_kimg"]["mean"] for tick in stats[WARMUP_TICKS:]]
-    return dict(startup_sec=stats[0]["Timing/startup_sec"]["mean"], sec_per_kimg=statistics.median(steady),
-                steady_ticks=len(steady))  # fmt: skip
+    return dict(
+        startup_sec=stats[0]["Timing/startup_sec"]["mean"],
+        sec_per_kimg=statistics.median(steady),
+        steady_ticks=len(steady),
+    )
 
 
 def steps_worker(data: str, batch: int, cbase: int, cmax: int, warmup: int) -> None:
@@ -161,8 +195,9 @@ def measure_steps(trees: dict[str, Path], data: Path, opts: dict) -> dict[str, l
     for name, tree in trees.items():
         env = dict(os.environ, PYTHONPATH=str(tree))
         cmd = [sys.executable, __file__, "--worker=steps", *args]
-        workers[name] = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        workers[name] = subprocess.Popen(
+            cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
     try:
         for name, worker in workers.items():  # the timed steps start once both have warmed up
             while (line := worker.stdout.readline()) and line.strip() != "ready":
@@ -203,27 +238,75 @@ def print_table(title: str, summary: dict[str, dict[str, float]], keys: list[str
 
 
 @click.command(context_settings=dict(max_content_width=120))
-@click.option("--baseline", metavar="DIR", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Another checkout to measure alongside this one.")  # fmt: skip
-@click.option("--parts", metavar="LIST", default="ops,steps", show_default=True,
-              help="Comma-separated: ops, steps, train.")  # fmt: skip
-@click.option("--rounds", metavar="INT", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Measurements per checkout, alternating between the checkouts.")  # fmt: skip
-@click.option("--resolution", metavar="INT", type=click.IntRange(min=16), default=32, show_default=True,
-              help="Image resolution.")  # fmt: skip
+@click.option(
+    "--baseline",
+    metavar="DIR",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Another checkout to measure alongside this one.",
+)
+@click.option(
+    "--parts", metavar="LIST", default="ops,steps", show_default=True, help="Comma-separated: ops, steps, train."
+)
+@click.option(
+    "--rounds",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Measurements per checkout, alternating between the checkouts.",
+)
+@click.option(
+    "--resolution", metavar="INT", type=click.IntRange(min=16), default=32, show_default=True, help="Image resolution."
+)
 @click.option("--batch", metavar="INT", type=click.IntRange(min=1), default=8, show_default=True, help="Batch size.")
-@click.option("--cbase", metavar="INT", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Capacity multiplier (train.py --cbase).")  # fmt: skip
-@click.option("--cmax", metavar="INT", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Max. feature maps (train.py --cmax).")  # fmt: skip
-@click.option("--repeats", metavar="INT", type=click.IntRange(min=1), default=7, show_default=True,
-              help="ops: timed repetitions per call (median).")  # fmt: skip
-@click.option("--steps", metavar="INT", type=click.IntRange(min=1), default=32, show_default=True,
-              help="steps: timed steps per checkout (multiples of 16 hold every phase in its share).")  # fmt: skip
-@click.option("--tick-kimg", metavar="KIMG", type=click.FloatRange(min=0.001), default=0.064, show_default=True,
-              help="train: tick length.")  # fmt: skip
-@click.option("--steady-ticks", metavar="INT", type=click.IntRange(min=1), default=4, show_default=True,
-              help="train: ticks timed after the two warm-up ticks.")  # fmt: skip
+@click.option(
+    "--cbase",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Capacity multiplier (train.py --cbase).",
+)
+@click.option(
+    "--cmax",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Max. feature maps (train.py --cmax).",
+)
+@click.option(
+    "--repeats",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="ops: timed repetitions per call (median).",
+)
+@click.option(
+    "--steps",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="steps: timed steps per checkout (multiples of 16 hold every phase in its share).",
+)
+@click.option(
+    "--tick-kimg",
+    metavar="KIMG",
+    type=click.FloatRange(min=0.001),
+    default=0.064,
+    show_default=True,
+    help="train: tick length.",
+)
+@click.option(
+    "--steady-ticks",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="train: ticks timed after the two warm-up ticks.",
+)
 @click.option("--glibc-tunables", metavar="STR", help="GLIBC_TUNABLES of the measured processes (docs/performance.md).")
 @click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), help="Also write every figure.")
 @click.option("--worker", type=click.Choice(["ops", "steps"]), hidden=True, help="Internal: be a worker process.")
@@ -266,11 +349,16 @@ def main(
 
         with tempfile.TemporaryDirectory() as tmp:
             times = measure_steps(trees, make_dataset(Path(tmp), opts["resolution"], max_images=64), opts)
-        medians = {name: dict(ms_per_step=statistics.median(t), sec_per_kimg=statistics.median(t) / opts["batch"])
-                   for name, t in times.items()}  # fmt: skip
+        medians = {
+            name: dict(ms_per_step=statistics.median(t), sec_per_kimg=statistics.median(t) / opts["batch"])
+            for name, t in times.items()
+        }
         report["steps"] = dict(ms=times, medians=medians)
-        print_table(f"training steps, stylegan3-t, batch {opts['batch']}, {opts['steps']} each", medians,
-                    ["ms_per_step", "sec_per_kimg"])  # fmt: skip
+        print_table(
+            f"training steps, stylegan3-t, batch {opts['batch']}, {opts['steps']} each",
+            medians,
+            ["ms_per_step", "sec_per_kimg"],
+        )
         if baseline:
             ratios = [b / a for a, b in zip(times["this"], times["baseline"], strict=True)]
             report["steps"]["paired_speedup"] = statistics.median(ratios)

@@ -164,8 +164,9 @@ def run_logged_parallel(check: Check, commands: dict[str, list[str]], limit_sec:
     procs = {}
     for title, cmd in commands.items():
         output = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=python_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs[title] = (proc, output, cmd)
     returncodes = []
     for title, (proc, output, cmd) in procs.items():
@@ -212,7 +213,7 @@ def start_peer_op_builds(check: Check) -> list[subprocess.Popen]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         )
     return procs
 
@@ -227,8 +228,10 @@ def step_kernels(check: Check) -> None:
         check.record("kernels", "skipped: no CUDA GPU", 0)
         return
     # One process per kernel: each compiles one large .cu file, so building them side by side saves minutes.
-    builds = {name: [sys.executable, "-m", "torch_utils.custom_ops", "--build-only", "--quiet", f"--kernel={name}"]
-              for name in custom_ops.KERNELS}  # fmt: skip
+    builds = {
+        name: [sys.executable, "-m", "torch_utils.custom_ops", "--build-only", "--quiet", f"--kernel={name}"]
+        for name in custom_ops.KERNELS
+    }
     build = run_logged_parallel(check, builds, limit_sec=check.seconds_left() - MIN_STEP_SEC)
     if not build.ok:
         check.record("kernels", "failed: the kernels did not build (see log.txt)", build.seconds)
@@ -264,9 +267,17 @@ def step_guard(check: Check) -> None:
     start = time.time()
     data = make_dataset(workdir(check, "guard-data"), check.guard_resolution, 64)
     run = SpeedRun(
-        cfg=check.guard_cfg, resolution=check.guard_resolution, batch=8, batch_gpu=8, kimg=check.guard_kimg,
-        tick_kimg=check.guard_kimg, cbase=8192, cmax=128, workers=1, fp32=True,
-    )  # fmt: skip
+        cfg=check.guard_cfg,
+        resolution=check.guard_resolution,
+        batch=8,
+        batch_gpu=8,
+        kimg=check.guard_kimg,
+        tick_kimg=check.guard_kimg,
+        cbase=8192,
+        cmax=128,
+        workers=1,
+        fp32=True,
+    )
     snapshots = {}
     runs = [("float32-ref", False, True), ("float32-cuda", True, True), ("float16-cuda", True, False)]
     for name, kernels, fp32 in runs:  # (name, kernels on, --fp32)
@@ -324,8 +335,12 @@ def finite_report(snapshot_path: Path) -> dict[str, Any]:
     nonfinite = sum(v["mean"] * v["num"] for t in ticks for k, v in t.items() if k.startswith("Progress/nonfinite"))
     losses = [v["mean"] for t in ticks for k, v in t.items() if k.startswith("Loss/")]
     losses_finite = bool(np.isfinite(losses).all())
-    return dict(finite=not bad and losses_finite, nonfinite_tensors=bad[:10], nonfinite_grads=nonfinite,
-                losses_finite=losses_finite)  # fmt: skip
+    return dict(
+        finite=not bad and losses_finite,
+        nonfinite_tensors=bad[:10],
+        nonfinite_grads=nonfinite,
+        losses_finite=losses_finite,
+    )
 
 
 def step_speed(check: Check) -> None:
@@ -416,17 +431,32 @@ def step_profile(check: Check) -> None:
         check.record("profile", "skipped: no CUDA GPU", 0)
         return
     path, run = check.work / "profile.json", check.run
-    cmd = [sys.executable, "-m", "benchmarks.step_profile", f"--cfg={check.cfgs[0]}", f"--resolution={run.resolution}",
-           f"--batch={run.batch}", f"--batch-gpu={run.batch_gpu}", f"--cbase={run.cbase}", f"--cmax={run.cmax}",
-           "--top=15", f"--json={path}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.step_profile",
+        f"--cfg={check.cfgs[0]}",
+        f"--resolution={run.resolution}",
+        f"--batch={run.batch}",
+        f"--batch-gpu={run.batch_gpu}",
+        f"--cbase={run.cbase}",
+        f"--cmax={run.cmax}",
+        "--top=15",
+        f"--json={path}",
+    ]
     env = python_env(GANFORGE_CUDA_OPS="1")
     outcome = run_logged(check, "profile", cmd, env=env, limit_sec=check.seconds_left())
     if not outcome.ok or not path.is_file():
         check.record("profile", "failed (see log.txt)", outcome.seconds)
         return
     check.results["profile"] = figures = json.loads(path.read_text())
-    check.record("profile", "done", outcome.seconds, wall_ms_per_step=round(figures["wall_ms_per_step"], 1),
-                 gpu_busy_ms_per_step=round(figures["device_busy_ms_per_step"], 1))  # fmt: skip
+    check.record(
+        "profile",
+        "done",
+        outcome.seconds,
+        wall_ms_per_step=round(figures["wall_ms_per_step"], 1),
+        gpu_busy_ms_per_step=round(figures["device_busy_ms_per_step"], 1),
+    )
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Check], None]] = dict(
@@ -498,10 +528,16 @@ def results_markdown(results: dict[str, Any]) -> str:
                 f"| {_fmt(row.get('targets_met'))} |"
             )
             notes = [f"{who}: {r}" for who, r in (("ours", ours), ("theirs", theirs)) if isinstance(r, str)]
-            notes += [f"{who}: {r['note']}" for who, r in (("ours", ours), ("theirs", theirs))
-                      if isinstance(r, dict) and "note" in r]  # fmt: skip
-            notes += [f"{who}: no steady tick (figures are the warm-up's)" for who, r in (("ours", ours), ("theirs",
-                      theirs)) if isinstance(r, dict) and r["steady_ticks"] == 0]  # fmt: skip
+            notes += [
+                f"{who}: {r['note']}"
+                for who, r in (("ours", ours), ("theirs", theirs))
+                if isinstance(r, dict) and "note" in r
+            ]
+            notes += [
+                f"{who}: no steady tick (figures are the warm-up's)"
+                for who, r in (("ours", ours), ("theirs", theirs))
+                if isinstance(r, dict) and r["steady_ticks"] == 0
+            ]
             lines += [f"|  | {note} |  |  |  |  |  |  |  |  |" for note in notes]
     ops = results.get("ops")
     if ops:
@@ -529,8 +565,11 @@ def results_markdown(results: dict[str, Any]) -> str:
             "| op | self GPU ms/step | calls/step | self CPU ms/step |",
             "| --- | ---: | ---: | ---: |",
         ]
-        lines += [f"| {op['name']} | {op['self_ms_per_step']:.2f} | {op['calls_per_step']:.1f} | "
-                  f"{op['self_cpu_ms_per_step']:.2f} |" for op in profile["ops"]]  # fmt: skip
+        lines += [
+            f"| {op['name']} | {op['self_ms_per_step']:.2f} | {op['calls_per_step']:.1f} | "
+            f"{op['self_cpu_ms_per_step']:.2f} |"
+            for op in profile["ops"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -557,8 +596,9 @@ def parse_list(value: str, choices: list[str], option: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = sorted(set(names) - set(choices))
     if unknown or not names:
-        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'} given; choose from {', '.join(choices)}",
-                                 param_hint=option)  # fmt: skip
+        raise click.BadParameter(
+            f"{', '.join(unknown) or 'nothing'} given; choose from {', '.join(choices)}", param_hint=option
+        )
     return [c for c in choices if c in names]
 
 
@@ -566,35 +606,119 @@ def parse_list(value: str, choices: list[str], option: str) -> list[str]:
 @click.option("--out", metavar="DIR", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
 @click.option("--steps", metavar="LIST", default=",".join(STEPS), show_default=True, help="Steps to run.")
 @click.option("--cfgs", metavar="LIST", default=",".join(CFG_ORDER), show_default=True, help="Speed step: configs.")
-@click.option("--budget-min", metavar="MIN", type=FiniteFloatRange(min=1, max=600), default=8, show_default=True,
-              help="Time for everything; steps that would not fit are recorded as skipped.")  # fmt: skip
-@click.option("--resolution", metavar="INT", type=click.IntRange(min=8), default=256, show_default=True,
-              help="Speed step: image resolution.")  # fmt: skip
+@click.option(
+    "--budget-min",
+    metavar="MIN",
+    type=FiniteFloatRange(min=1, max=600),
+    default=8,
+    show_default=True,
+    help="Time for everything; steps that would not fit are recorded as skipped.",
+)
+@click.option(
+    "--resolution",
+    metavar="INT",
+    type=click.IntRange(min=8),
+    default=256,
+    show_default=True,
+    help="Speed step: image resolution.",
+)
 @click.option("--batch", metavar="INT", type=click.IntRange(min=1), default=32, show_default=True, help="Total batch.")
-@click.option("--batch-gpu", metavar="INT", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Batch per forward pass.")  # fmt: skip
-@click.option("--kimg", metavar="INT", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Speed step: training length (whole kimg: the published trainers take integers).")  # fmt: skip
-@click.option("--tick", metavar="INT", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Speed step: tick length in kimg; ticks 0-1 are warm-up.")  # fmt: skip
-@click.option("--cbase", metavar="INT", type=click.IntRange(min=1), default=32768, show_default=True,
-              help="Speed step: capacity multiplier.")  # fmt: skip
-@click.option("--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Speed step: max. feature maps.")  # fmt: skip
-@click.option("--gamma", metavar="FLOAT", type=FiniteFloatRange(min=0, max=1e6), default=2.0, show_default=True,
-              help="Speed step: R1 weight.")  # fmt: skip
-@click.option("--workers", metavar="INT", type=click.IntRange(min=1), default=3, show_default=True,
-              help="DataLoader workers, both trainers.")  # fmt: skip
-@click.option("--max-images", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Speed step: images in the synthetic dataset.")  # fmt: skip
-@click.option("--peer", metavar="DIR", type=click.Path(file_okay=False), default=".peer", show_default=True,
-              help="Where the published trainers are unpacked (absent: only ours run).")  # fmt: skip
-@click.option("--guard-cfg", metavar="NAME", type=click.Choice(list(PRESETS)), default="stylegan3-t",
-              show_default=True, help="Guard: configuration (stylegan3-t uses all three kernels).")  # fmt: skip
-@click.option("--guard-resolution", metavar="INT", type=click.IntRange(min=8), default=64, show_default=True,
-              help="Guard: image resolution.")  # fmt: skip
-@click.option("--guard-kimg", metavar="KIMG", type=FiniteFloatRange(min=0.001, max=1), default=0.032,
-              show_default=True, help="Guard: training length (0.032 kimg = 4 steps of 8).")  # fmt: skip
+@click.option(
+    "--batch-gpu",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Batch per forward pass.",
+)
+@click.option(
+    "--kimg",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Speed step: training length (whole kimg: the published trainers take integers).",
+)
+@click.option(
+    "--tick",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Speed step: tick length in kimg; ticks 0-1 are warm-up.",
+)
+@click.option(
+    "--cbase",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=32768,
+    show_default=True,
+    help="Speed step: capacity multiplier.",
+)
+@click.option(
+    "--cmax",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Speed step: max. feature maps.",
+)
+@click.option(
+    "--gamma",
+    metavar="FLOAT",
+    type=FiniteFloatRange(min=0, max=1e6),
+    default=2.0,
+    show_default=True,
+    help="Speed step: R1 weight.",
+)
+@click.option(
+    "--workers",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="DataLoader workers, both trainers.",
+)
+@click.option(
+    "--max-images",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Speed step: images in the synthetic dataset.",
+)
+@click.option(
+    "--peer",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    default=".peer",
+    show_default=True,
+    help="Where the published trainers are unpacked (absent: only ours run).",
+)
+@click.option(
+    "--guard-cfg",
+    metavar="NAME",
+    type=click.Choice(list(PRESETS)),
+    default="stylegan3-t",
+    show_default=True,
+    help="Guard: configuration (stylegan3-t uses all three kernels).",
+)
+@click.option(
+    "--guard-resolution",
+    metavar="INT",
+    type=click.IntRange(min=8),
+    default=64,
+    show_default=True,
+    help="Guard: image resolution.",
+)
+@click.option(
+    "--guard-kimg",
+    metavar="KIMG",
+    type=FiniteFloatRange(min=0.001, max=1),
+    default=0.032,
+    show_default=True,
+    help="Guard: training length (0.032 kimg = 4 steps of 8).",
+)
 @click.option("--plan", is_flag=True, help="Print what would run and exit.")
 def main(out: str, steps: str, cfgs: str, budget_min: float, plan: bool, **opts: Any) -> None:
     """Build, test and time everything GPU-only in one command; results go to OUT/results.md and .json."""
@@ -602,17 +726,31 @@ def main(out: str, steps: str, cfgs: str, budget_min: float, plan: bool, **opts:
     cfg_list = parse_list(cfgs, CFG_ORDER, "--cfgs")
     peer = (ROOT / opts.pop("peer")).resolve()
     run = SpeedRun(
-        cfg=cfg_list[0], resolution=opts["resolution"], batch=opts["batch"], batch_gpu=opts["batch_gpu"],
-        gamma=opts["gamma"], kimg=opts["kimg"], tick_kimg=opts["tick"], cbase=opts["cbase"], cmax=opts["cmax"],
+        cfg=cfg_list[0],
+        resolution=opts["resolution"],
+        batch=opts["batch"],
+        batch_gpu=opts["batch_gpu"],
+        gamma=opts["gamma"],
+        kimg=opts["kimg"],
+        tick_kimg=opts["tick"],
+        cbase=opts["cbase"],
+        cmax=opts["cmax"],
         workers=opts["workers"],
-    )  # fmt: skip
+    )
     if run.batch % run.batch_gpu:
         raise click.BadParameter(f"{run.batch} is not a multiple of --batch-gpu={run.batch_gpu}", param_hint="--batch")
     check = Check(
-        out=Path(out).resolve(), steps=step_list, cfgs=cfg_list, run=run, peer=peer, guard_cfg=opts["guard_cfg"],
-        guard_resolution=opts["guard_resolution"], guard_kimg=opts["guard_kimg"], max_images=opts["max_images"],
+        out=Path(out).resolve(),
+        steps=step_list,
+        cfgs=cfg_list,
+        run=run,
+        peer=peer,
+        guard_cfg=opts["guard_cfg"],
+        guard_resolution=opts["guard_resolution"],
+        guard_kimg=opts["guard_kimg"],
+        max_images=opts["max_images"],
         deadline=time.time() + budget_min * 60,
-    )  # fmt: skip
+    )
     if plan:
         print_plan(check)
         return

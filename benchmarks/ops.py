@@ -58,8 +58,12 @@ def _spec(v):
 
 def measure(call: dict, impl: str, repeats: int) -> tuple[float, float]:
     """Milliseconds per forward + backward and peak extra memory (MB) of one recorded call with `impl`."""
-    args = [a.detach().requires_grad_(a.is_floating_point() and a.ndim > 2 or a is call["args"][0])
-            if isinstance(a, torch.Tensor) else a for a in call["args"]]  # fmt: skip
+    args = [
+        a.detach().requires_grad_(a.is_floating_point() and a.ndim > 2 or a is call["args"][0])
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in call["args"]
+    ]
     kwargs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in call["kwargs"].items()}
     kwargs["impl"] = impl
 
@@ -108,16 +112,26 @@ def main(batch: int, repeats: int, json_path: str | None) -> None:
             sys.exit(f"the {name} kernel did not build; see the warning above")
     device = torch.device("cuda")
     torch.manual_seed(0)
-    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3, num_fp16_res=4,
-                  conv_clamp=256, mapping_kwargs=dict(num_layers=2)).to(device)  # fmt: skip
+    G = Generator(
+        z_dim=512,
+        c_dim=0,
+        w_dim=512,
+        img_resolution=256,
+        img_channels=3,
+        num_fp16_res=4,
+        conv_clamp=256,
+        mapping_kwargs=dict(num_layers=2),
+    ).to(device)
     D = Discriminator(c_dim=0, img_resolution=256, img_channels=3, num_fp16_res=4, conv_clamp=256).to(device)
     calls: dict = {}
     with torch.no_grad(), recording(calls):
         img = G(torch.randn([batch, 512], device=device), None)
         D(img, None)
 
-    print(f"{'op':<15} {'x shape':<22} {'dtype':<8} {'calls':>5} {'ref ms':>8} {'cuda ms':>8} {'speed-up':>8} "
-          f"{'ref MB':>8} {'cuda MB':>8}")  # fmt: skip
+    print(
+        f"{'op':<15} {'x shape':<22} {'dtype':<8} {'calls':>5} {'ref ms':>8} {'cuda ms':>8} {'speed-up':>8} "
+        f"{'ref MB':>8} {'cuda MB':>8}"
+    )
     totals = [0.0, 0.0]
     rows = []
     for call in calls.values():
@@ -125,10 +139,22 @@ def main(batch: int, repeats: int, json_path: str | None) -> None:
         (ref_ms, ref_mb), (cuda_ms, cuda_mb) = (measure(call, impl, repeats) for impl in ("ref", "cuda"))
         totals[0] += ref_ms * call["count"]
         totals[1] += cuda_ms * call["count"]
-        rows.append(dict(op=call["name"], shape=list(x.shape), dtype=str(x.dtype)[6:], calls=call["count"],
-                         ref_ms=ref_ms, cuda_ms=cuda_ms, ref_mb=ref_mb, cuda_mb=cuda_mb))  # fmt: skip
-        print(f"{call['name']:<15} {str(list(x.shape)):<22} {str(x.dtype)[6:]:<8} {call['count']:>5} "
-              f"{ref_ms:>8.3f} {cuda_ms:>8.3f} {ref_ms / cuda_ms:>7.2f}x {ref_mb:>8.1f} {cuda_mb:>8.1f}")  # fmt: skip
+        rows.append(
+            dict(
+                op=call["name"],
+                shape=list(x.shape),
+                dtype=str(x.dtype)[6:],
+                calls=call["count"],
+                ref_ms=ref_ms,
+                cuda_ms=cuda_ms,
+                ref_mb=ref_mb,
+                cuda_mb=cuda_mb,
+            )
+        )
+        print(
+            f"{call['name']:<15} {str(list(x.shape)):<22} {str(x.dtype)[6:]:<8} {call['count']:>5} "
+            f"{ref_ms:>8.3f} {cuda_ms:>8.3f} {ref_ms / cuda_ms:>7.2f}x {ref_mb:>8.1f} {cuda_mb:>8.1f}"
+        )
     print(f"Total per G+D pass (forward + backward, calls x time): ref {totals[0]:.1f} ms, cuda {totals[1]:.1f} ms")
     if json_path is not None:
         summary = dict(batch=batch, repeats=repeats, total_ref_ms=totals[0], total_cuda_ms=totals[1], rows=rows)

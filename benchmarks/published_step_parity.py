@@ -193,15 +193,20 @@ def report(peer: Path, work: Path) -> None:
     torch.set_num_threads(1)
     print()
     print(f"Training step: {STEPS} steps of Gmain/Greg/Dmain/Dreg, one process, same inputs and noise, float32 CPU")
-    print(f"{'network':<10}{'phase':<10}{'grad rel':>10}{'no-grad':>9}{'weights rel':>13}{'w_avg':>10}"
-          f"{'pl_mean':>10}  logged losses (ours - theirs)")  # fmt: skip
+    print(
+        f"{'network':<10}{'phase':<10}{'grad rel':>10}{'no-grad':>9}{'weights rel':>13}{'w_avg':>10}"
+        f"{'pl_mean':>10}  logged losses (ours - theirs)"
+    )
     for cfg, repo in [("stylegan2", "stylegan3"), ("creps", "creps")]:
         pkl = work / f"{cfg}.pkl"  # Written by published_parity.compare_loading.
         env["PYTHONPATH"] = str(peer / repo)
         result = subprocess.run(
             [sys.executable, "-c", PEER_STEPS, str(pkl), str(work / f"{cfg}-steps.npz"), str(Path(__file__).parent)],
-            cwd=peer / repo, env=env, capture_output=True, text=True,
-        )  # fmt: skip
+            cwd=peer / repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"the published step failed:\n{result.stderr[-3000:]}")
         theirs = dict(np.load(work / f"{cfg}-steps.npz"))
@@ -220,5 +225,7 @@ def report(peer: Path, work: Path) -> None:
                     for stat in LOSS_STATS
                     if f"{key}/stat/{stat}" in theirs
                 ]
-                print(f"{cfg:<10}{key:<10}{grad:>10.1e}{no_grad:>9d}{weights:>13.1e}{w_avg:>10.1e}{pl_mean:>10.1e}  "
-                      f"{', '.join(stats)}")  # fmt: skip
+                print(
+                    f"{cfg:<10}{key:<10}{grad:>10.1e}{no_grad:>9d}{weights:>13.1e}{w_avg:>10.1e}{pl_mean:>10.1e}  "
+                    f"{', '.join(stats)}"
+                )

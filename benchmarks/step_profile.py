@@ -84,31 +84,62 @@ def profile_steps(c, t, data_iter, labels, device: torch.device, count: int, top
                 self_ms_per_step=self_us(e) / 1000 / count,
                 calls_per_step=e.count / count,
                 self_cpu_ms_per_step=e.self_cpu_time_total / 1000 / count,
-            )  # fmt: skip
+            )
             for e in rows
         ],
     )
 
 
 @click.command(context_settings=dict(max_content_width=120))
-@click.option("--cfg", metavar="NAME", type=click.Choice(list(PRESETS)), default="stylegan3-t", show_default=True,
-              help="Configuration.")  # fmt: skip
-@click.option("--resolution", metavar="INT", type=click.IntRange(min=8), default=256, show_default=True,
-              help="Image resolution (a power of two).")  # fmt: skip
+@click.option(
+    "--cfg",
+    metavar="NAME",
+    type=click.Choice(list(PRESETS)),
+    default="stylegan3-t",
+    show_default=True,
+    help="Configuration.",
+)
+@click.option(
+    "--resolution",
+    metavar="INT",
+    type=click.IntRange(min=8),
+    default=256,
+    show_default=True,
+    help="Image resolution (a power of two).",
+)
 @click.option("--batch", metavar="INT", type=click.IntRange(min=1), default=32, show_default=True, help="Total batch.")
 @click.option("--batch-gpu", metavar="INT", type=click.IntRange(min=1), help="Batch per pass  [default: --batch].")
-@click.option("--cbase", metavar="INT", type=click.IntRange(min=1), default=32768, show_default=True,
-              help="Capacity multiplier.")  # fmt: skip
-@click.option("--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Max. feature maps.")  # fmt: skip
-@click.option("--warmup", metavar="INT", type=click.IntRange(min=0), default=16, show_default=True,
-              help="Steps before timing.")  # fmt: skip
-@click.option("--steps", metavar="INT", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Steps timed, then profiled.")  # fmt: skip
+@click.option(
+    "--cbase", metavar="INT", type=click.IntRange(min=1), default=32768, show_default=True, help="Capacity multiplier."
+)
+@click.option(
+    "--cmax", metavar="INT", type=click.IntRange(min=1), default=512, show_default=True, help="Max. feature maps."
+)
+@click.option(
+    "--warmup", metavar="INT", type=click.IntRange(min=0), default=16, show_default=True, help="Steps before timing."
+)
+@click.option(
+    "--steps",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Steps timed, then profiled.",
+)
 @click.option("--top", metavar="INT", type=click.IntRange(min=1), default=25, show_default=True, help="Ops listed.")
 @click.option("--json", "json_path", metavar="FILE", type=click.Path(dir_okay=False), help="Also write the figures.")
-def main(cfg: str, resolution: int, batch: int, batch_gpu: int | None, cbase: int, cmax: int, warmup: int, steps: int,
-         top: int, json_path: str | None) -> None:  # fmt: skip
+def main(
+    cfg: str,
+    resolution: int,
+    batch: int,
+    batch_gpu: int | None,
+    cbase: int,
+    cmax: int,
+    warmup: int,
+    steps: int,
+    top: int,
+    json_path: str | None,
+) -> None:
     """Time and profile training steps of one configuration; print the ops with the most self time."""
     train_args = [f"--batch={batch}", "--gamma=2", f"--cbase={cbase}", f"--cmax={cmax}", "--workers=1"]
     train_args += [f"--batch-gpu={batch_gpu}"] if batch_gpu else []
@@ -119,17 +150,28 @@ def main(cfg: str, resolution: int, batch: int, batch_gpu: int | None, cbase: in
         run_steps(c, t, data_iter, labels, device, warmup)
         wall_ms = run_steps(c, t, data_iter, labels, device, steps)
         figures = profile_steps(c, t, data_iter, labels, device, steps, top)
-    figures.update(cfg=cfg, resolution=resolution, batch=batch, batch_gpu=c.batch_gpu, device=str(device),
-                   wall_ms_per_step=wall_ms, sec_per_kimg=wall_ms / batch)  # fmt: skip
-    print(f"\n{cfg} {resolution}x{resolution}, batch {batch} ({c.batch_gpu} per pass) on {device}: "
-          f"{wall_ms:.1f} ms per step = {wall_ms / batch:.2f} s/kimg")  # fmt: skip
+    figures.update(
+        cfg=cfg,
+        resolution=resolution,
+        batch=batch,
+        batch_gpu=c.batch_gpu,
+        device=str(device),
+        wall_ms_per_step=wall_ms,
+        sec_per_kimg=wall_ms / batch,
+    )
+    print(
+        f"\n{cfg} {resolution}x{resolution}, batch {batch} ({c.batch_gpu} per pass) on {device}: "
+        f"{wall_ms:.1f} ms per step = {wall_ms / batch:.2f} s/kimg"
+    )
     if figures["device_busy_ms_per_step"] is not None:
         busy = figures["device_busy_ms_per_step"]
         print(f"GPU busy {busy:.1f} ms per step ({100 * busy / wall_ms:.0f} % of the wall time)")
     print(f"\n{'self ms/step':>12} {'calls/step':>10} {'CPU ms/step':>11}  op")
     for op in figures["ops"]:
-        print(f"{op['self_ms_per_step']:>12.2f} {op['calls_per_step']:>10.1f} {op['self_cpu_ms_per_step']:>11.2f}  "
-              f"{op['name']}")  # fmt: skip
+        print(
+            f"{op['self_ms_per_step']:>12.2f} {op['calls_per_step']:>10.1f} {op['self_cpu_ms_per_step']:>11.2f}  "
+            f"{op['name']}"
+        )
     if json_path is not None:
         Path(json_path).write_text(json.dumps(figures, indent=1))
 

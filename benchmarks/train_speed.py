@@ -53,11 +53,22 @@ class SpeedRun:
     def train_args(self, data: Path, outdir: Path) -> list[str]:
         """train.py arguments, accepted by ours and by the published trainers alike."""
         return [
-            f"--outdir={outdir}", f"--cfg={self.cfg}", f"--data={data}", "--gpus=1", f"--batch={self.batch}",
-            f"--batch-gpu={self.batch_gpu}", f"--gamma={self.gamma:g}", f"--kimg={self.kimg:g}",
-            f"--tick={self.tick_kimg:g}", "--snap=1000", "--metrics=none", f"--workers={self.workers}",
-            f"--cbase={self.cbase}", f"--cmax={self.cmax}", f"--fp32={self.fp32}",
-        ]  # fmt: skip
+            f"--outdir={outdir}",
+            f"--cfg={self.cfg}",
+            f"--data={data}",
+            "--gpus=1",
+            f"--batch={self.batch}",
+            f"--batch-gpu={self.batch_gpu}",
+            f"--gamma={self.gamma:g}",
+            f"--kimg={self.kimg:g}",
+            f"--tick={self.tick_kimg:g}",
+            "--snap=1000",
+            "--metrics=none",
+            f"--workers={self.workers}",
+            f"--cbase={self.cbase}",
+            f"--cmax={self.cmax}",
+            f"--fp32={self.fp32}",
+        ]
 
 
 @dataclasses.dataclass(frozen=True)

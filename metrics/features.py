@@ -178,9 +178,13 @@ def real_batches(ctx: MetricContext, dataset: RealDataset, indices: np.ndarray) 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = min(ctx.num_workers, cores)
     loader = torch.utils.data.DataLoader(
-        subset, batch_size=ctx.batch_size, shuffle=False, num_workers=workers,
-        pin_memory=ctx.device.type == "cuda", persistent_workers=False,
-    )  # fmt: skip
+        subset,
+        batch_size=ctx.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=False,
+    )
     for chunk, (images, _labels) in zip(split_batches(positions, ctx.batch_size), loader, strict=True):
         images = images.to(ctx.device)
         yield chunk, images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
@@ -334,13 +338,18 @@ def real_features(
         with ctx.open_dataset() as dataset:
             indices = select_real_items(ctx, len(dataset), max_items)
             return extract_features(
-                ctx, real_batches(ctx, dataset, indices), len(indices),
-                lambda images: detector(images, **detector_kwargs), keep, desc="real images",
-            )  # fmt: skip
+                ctx,
+                real_batches(ctx, dataset, indices),
+                len(indices),
+                lambda images: detector(images, **detector_kwargs),
+                keep,
+                desc="real images",
+            )
 
     params = dict(detector=detector_identity(ctx, spec), detector_kwargs=detector_kwargs, keep=keep)
-    stats = cached_dataset_stats(ctx, kind=f"{spec.filenames[0].split('.')[0]}-{keep}", max_items=max_items,
-                                 params=params, compute=compute)  # fmt: skip
+    stats = cached_dataset_stats(
+        ctx, kind=f"{spec.filenames[0].split('.')[0]}-{keep}", max_items=max_items, params=params, compute=compute
+    )
     if ctx.num_real_used is None:  # Read from the cache: count the items as `compute` would have chosen them.
         with ctx.open_dataset() as dataset:
             select_real_items(ctx, len(dataset), max_items)
@@ -353,9 +362,13 @@ def generated_features(
     """Detector features (or their moments) of `num_items` generated images."""
     detector = ctx.detector(spec)
     return extract_features(
-        ctx, generated_batches(ctx, num_items), num_items,
-        lambda images: detector(images, **detector_kwargs), keep, desc="generated images",
-    )  # fmt: skip
+        ctx,
+        generated_batches(ctx, num_items),
+        num_items,
+        lambda images: detector(images, **detector_kwargs),
+        keep,
+        desc="generated images",
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -388,9 +401,14 @@ def stats_cache_path(ctx: MetricContext, kind: str, max_items: int | None, param
     if options["max_size"] is not None:
         options["random_seed"] = ctx.dataset_kwargs.get("random_seed", 0)
     key = dict(
-        version=CACHE_VERSION, dataset=dataset_identity(ctx.dataset_kwargs["path"]), options=options, kind=kind,
-        max_items=max_items, seed=ctx.seed, params=params,
-    )  # fmt: skip
+        version=CACHE_VERSION,
+        dataset=dataset_identity(ctx.dataset_kwargs["path"]),
+        options=options,
+        kind=kind,
+        max_items=max_items,
+        seed=ctx.seed,
+        params=params,
+    )
     digest = hashlib.md5(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     name = os.path.splitext(os.path.basename(os.path.abspath(ctx.dataset_kwargs["path"])))[0]
     name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -73,10 +73,16 @@ def register_metric(
         assert name not in _METRICS, f"metric {name} is registered twice"
         assert fn.__doc__, f"metric {name} needs a docstring: its first line is the metric's description"
         _METRICS[name] = MetricSpec(
-            name=name, fn=fn, description=fn.__doc__.strip().splitlines()[0], num_gen=num_gen, max_real=max_real,
-            uses_reals=uses_reals, detectors=tuple(detectors), needs_input_transform=needs_input_transform,
+            name=name,
+            fn=fn,
+            description=fn.__doc__.strip().splitlines()[0],
+            num_gen=num_gen,
+            max_real=max_real,
+            uses_reals=uses_reals,
+            detectors=tuple(detectors),
+            needs_input_transform=needs_input_transform,
             higher_is_better=higher_is_better,
-        )  # fmt: skip
+        )
         return fn
 
     return decorator

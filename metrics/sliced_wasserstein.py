@@ -175,9 +175,12 @@ def swd(ctx: MetricContext) -> dict[str, float]:
         indices = select_real_items(ctx, len(dataset), num_images)
         params = dict(patch=PATCH_SIZE, patches=PATCHES_PER_IMAGE, coarsest=COARSEST_RESOLUTION, kernel="binomial5")
         real = cached_dataset_stats(
-            ctx, kind="swd-descriptors", max_items=num_images, params=params,
+            ctx,
+            kind="swd-descriptors",
+            max_items=num_images,
+            params=params,
             compute=lambda: pyramid_descriptors(ctx, real_batches(ctx, dataset, indices), num_images, "real images"),
-        )  # fmt: skip
+        )
     gen = pyramid_descriptors(ctx, generated_batches(ctx, num_images), num_images, "generated images")
     per_level = {}
     resolutions = pyramid_resolutions(ctx.G.img_resolution)

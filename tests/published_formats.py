@@ -458,8 +458,16 @@ TINY_STYLEGAN3 = dict(TINY_COMMON, channel_base=256, channel_max=16, magnitude_e
 TINY_STYLEGAN3_R = dict(TINY_STYLEGAN3, conv_kernel=1, use_radial_filters=True)
 TINY_CREPS = dict(TINY_COMMON, channel_base=128, channel_max=16, biline_channels=8)
 # tiny_stylegan2()'s G and D as the static kwargs of TensorFlow networks (fmap_base is half our channel_base).
-TINY_TF_G_STATIC = dict(latent_size=8, label_size=0, dlatent_size=8, resolution=16, num_channels=3, fmap_base=32,
-                        fmap_max=8, mapping_layers=2)  # fmt: skip
+TINY_TF_G_STATIC = dict(
+    latent_size=8,
+    label_size=0,
+    dlatent_size=8,
+    resolution=16,
+    num_channels=3,
+    fmap_base=32,
+    fmap_max=8,
+    mapping_layers=2,
+)
 TINY_TF_D_STATIC = dict(label_size=0, resolution=16, num_channels=3, fmap_base=32, fmap_max=8)
 
 

@@ -24,9 +24,14 @@ def standin(monkeypatch) -> list[float]:
         return {"standin": values.pop(0)}
 
     spec = dataclasses.replace(
-        registry.get_metric("swd"), name="standin", fn=standin_metric, description="stand-in", uses_reals=False,
-        detectors=(), higher_is_better=False,
-    )  # fmt: skip
+        registry.get_metric("swd"),
+        name="standin",
+        fn=standin_metric,
+        description="stand-in",
+        uses_reals=False,
+        detectors=(),
+        higher_is_better=False,
+    )
     monkeypatch.setitem(registry._METRICS, "standin", spec)
     return values
 
@@ -57,8 +62,10 @@ def test_best_snapshot_is_replaced_only_on_improvement_and_the_run_stops(tmp_pat
 def test_higher_is_better_and_non_finite_values(tmp_path, monkeypatch):
     spec = dataclasses.replace(registry.get_metric("swd"), name="score", higher_is_better=True)
     monkeypatch.setitem(registry._METRICS, "score", spec)
-    lines = [{"results": {"score": v, "score_other": 0.0}, "snapshot_pkl": f"network-snapshot-{k:06d}.pkl"}
-             for k, v in enumerate([1.0, 2.0, float("nan"), 1.5])]  # fmt: skip
+    lines = [
+        {"results": {"score": v, "score_other": 0.0}, "snapshot_pkl": f"network-snapshot-{k:06d}.pkl"}
+        for k, v in enumerate([1.0, 2.0, float("nan"), 1.5])
+    ]
     (tmp_path / "metric-score.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     tracker = BestSnapshot(str(tmp_path), "score")
     assert (tracker.best, tracker.best_snapshot, tracker.since_best) == (2.0, "network-snapshot-000001.pkl", 2)

@@ -19,9 +19,15 @@ def tiny_G(c_dim: int = 0) -> torch.nn.Module:
     """An 8x8 StyleGAN2 generator with a few thousand parameters and a non-zero w_avg (so truncation matters)."""
     torch.manual_seed(0)
     G = Generator(
-        z_dim=8, c_dim=c_dim, w_dim=8, img_resolution=8, img_channels=3, mapping_kwargs=dict(num_layers=1),
-        channel_base=64, channel_max=8,
-    ).eval()  # fmt: skip
+        z_dim=8,
+        c_dim=c_dim,
+        w_dim=8,
+        img_resolution=8,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=1),
+        channel_base=64,
+        channel_max=8,
+    ).eval()
     G.mapping.w_avg.copy_(torch.randn_like(G.mapping.w_avg))
     return G
 
@@ -177,9 +183,16 @@ def test_frame_k_times_w_frames_shows_keyframe_k_in_every_cell(G, snapshot, tmp_
     monkeypatch.setattr(gen_video, "open_writer", writer.open)
     result = CliRunner().invoke(
         gen_video.main,
-        [f"--network={snapshot}", "--seeds=0-11", "--grid=3,2", "--w-frames=3", "--trunc=0.5", "--device=cpu",
-         f"--output={tmp_path / 'v.mp4'}"],
-    )  # fmt: skip
+        [
+            f"--network={snapshot}",
+            "--seeds=0-11",
+            "--grid=3,2",
+            "--w-frames=3",
+            "--trunc=0.5",
+            "--device=cpu",
+            f"--output={tmp_path / 'v.mp4'}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(writer.frames) == 2 * 3  # 12 seeds over 6 cells: 2 keyframes, 3 frames each.
     label = torch.zeros([1, 0])
@@ -203,9 +216,16 @@ def test_cli_writes_an_mp4_with_num_keyframes_times_w_frames_frames(snapshot, tm
     video = tmp_path / "out" / "lerp.mp4"
     result = CliRunner().invoke(
         gen_video.main,
-        [f"--network={snapshot}", "--seeds=0-3", "--grid=2x1", "--w-frames=3", "--shuffle-seed=5", "--device=cpu",
-         f"--output={video}"],
-    )  # fmt: skip
+        [
+            f"--network={snapshot}",
+            "--seeds=0-3",
+            "--grid=2x1",
+            "--w-frames=3",
+            "--shuffle-seed=5",
+            "--device=cpu",
+            f"--output={video}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     frames = iio.imread(video)
     assert frames.shape[0] == 2 * 3 and frames.shape[3] == 3 and frames.std() > 0

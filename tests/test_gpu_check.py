@@ -69,9 +69,15 @@ def test_compare_training_measures_the_update_difference():
 
 
 def test_the_profile_table_lists_the_ops():
-    profile = dict(cfg="stylegan3-t", resolution=256, batch=32, batch_gpu=16, wall_ms_per_step=500.0,
-                   device_busy_ms_per_step=400.0, ops=[dict(name="aten::conv", self_ms_per_step=120.5,
-                   calls_per_step=30.0, self_cpu_ms_per_step=2.25)])  # fmt: skip
+    profile = dict(
+        cfg="stylegan3-t",
+        resolution=256,
+        batch=32,
+        batch_gpu=16,
+        wall_ms_per_step=500.0,
+        device_busy_ms_per_step=400.0,
+        ops=[dict(name="aten::conv", self_ms_per_step=120.5, calls_per_step=30.0, self_cpu_ms_per_step=2.25)],
+    )
     page = gpu_check.results_markdown(dict(profile=profile))
     assert "500.0 ms per step, GPU busy 400.0 ms" in page and "| aten::conv | 120.50 | 30.0 | 2.25 |" in page
 
@@ -170,9 +176,17 @@ def test_speed_step_writes_the_table_with_and_without_the_peer(tmp_path, monkeyp
 
 def test_parallel_commands_are_logged_one_after_another_and_fail_together(tmp_path):
     check = gpu_check.Check(
-        out=tmp_path, steps=[], cfgs=[], run=SpeedRun(cfg="stylegan2"), peer=tmp_path, guard_cfg="stylegan2",
-        guard_resolution=16, guard_kimg=0.016, max_images=1, deadline=0.0,
-    )  # fmt: skip
+        out=tmp_path,
+        steps=[],
+        cfgs=[],
+        run=SpeedRun(cfg="stylegan2"),
+        peer=tmp_path,
+        guard_cfg="stylegan2",
+        guard_resolution=16,
+        guard_kimg=0.016,
+        max_images=1,
+        deadline=0.0,
+    )
     with open(tmp_path / "log.txt", "w") as check.log:
         ok = gpu_check.run_logged_parallel(
             check, {"a": [sys.executable, "-c", "print('from a')"], "b": [sys.executable, "-c", "print('from b')"]}, 60

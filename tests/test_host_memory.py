@@ -31,9 +31,13 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 
 def page_faults(mode: str, **env: str) -> tuple[str, int]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, check=True,
-        capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
+        [sys.executable, "-c", PROBE, mode],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     return out[0], int(out[1])
 
 

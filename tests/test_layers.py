@@ -100,14 +100,28 @@ def test_skip_output_layers_keep_their_published_settings():
 
 
 # Classes as the snapshots written before training.layers existed name them.
-OLD_PATHS = [
-    ("training.networks_stylegan2", name)
-    for name in ("FullyConnectedLayer", "Conv2dLayer", "MappingNetwork", "SynthesisLayer", "ToRGBLayer",
-                 "SynthesisBlock", "SynthesisNetwork", "Generator", "Discriminator")
-] + [
-    ("training.networks_stylegan3", name) for name in ("SynthesisInput", "SynthesisLayer", "SynthesisNetwork")
-] + [("training.networks_stylegan3", "Generator"), ("training.networks_creps", "ToResidual"),
-     ("training.networks_creps", "Generator")]  # fmt: skip
+OLD_PATHS = (
+    [
+        ("training.networks_stylegan2", name)
+        for name in (
+            "FullyConnectedLayer",
+            "Conv2dLayer",
+            "MappingNetwork",
+            "SynthesisLayer",
+            "ToRGBLayer",
+            "SynthesisBlock",
+            "SynthesisNetwork",
+            "Generator",
+            "Discriminator",
+        )
+    ]
+    + [("training.networks_stylegan3", name) for name in ("SynthesisInput", "SynthesisLayer", "SynthesisNetwork")]
+    + [
+        ("training.networks_stylegan3", "Generator"),
+        ("training.networks_creps", "ToResidual"),
+        ("training.networks_creps", "Generator"),
+    ]
+)
 
 
 @pytest.mark.parametrize(("module", "name"), OLD_PATHS)

@@ -257,18 +257,32 @@ def write_stand_in_detectors(folder) -> None:
 def tiny_stylegan2() -> torch.nn.Module:
     """A StyleGAN2 generator with a few thousand parameters (8x8 RGB)."""
     return networks_stylegan2.Generator(
-        z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3, mapping_kwargs=dict(num_layers=1),
-        channel_base=64, channel_max=8,
-    ).eval()  # fmt: skip
+        z_dim=8,
+        c_dim=0,
+        w_dim=8,
+        img_resolution=8,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=1),
+        channel_base=64,
+        channel_max=8,
+    ).eval()
 
 
 def tiny_stylegan3(resolution: int = 16) -> torch.nn.Module:
     """A StyleGAN3-T generator small enough for the CPU."""
     torch.manual_seed(0)
     return networks_stylegan3.Generator(
-        z_dim=16, c_dim=0, w_dim=16, img_resolution=resolution, img_channels=3, mapping_kwargs=dict(num_layers=2),
-        channel_base=512, channel_max=32, num_fp16_res=0, conv_clamp=None,
-    ).eval()  # fmt: skip
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=resolution,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        channel_base=512,
+        channel_max=32,
+        num_fp16_res=0,
+        conv_clamp=None,
+    ).eval()
 
 
 class ReplayGenerator(torch.nn.Module):
@@ -311,9 +325,14 @@ def workspace(tmp_path_factory, shapes8):
     with ImageFolderDataset(str(data)) as dataset:
         images = np.stack([dataset[i][0] for i in range(len(dataset))])
     return dnnlib.EasyDict(
-        root=root, data=str(data), detector_dir=str(root / "detectors"), run_dir=run_dir,
-        pkl=str(run_dir / "network-snapshot-000000.pkl"), dataset_kwargs=dataset_kwargs, images=images,
-    )  # fmt: skip
+        root=root,
+        data=str(data),
+        detector_dir=str(root / "detectors"),
+        run_dir=run_dir,
+        pkl=str(run_dir / "network-snapshot-000000.pkl"),
+        dataset_kwargs=dataset_kwargs,
+        images=images,
+    )
 
 
 @pytest.fixture
@@ -359,8 +378,15 @@ def run_cli(*args: str):
 
 @pytest.mark.slow
 def test_cli_writes_jsonl_next_to_the_snapshot_and_reuses_dataset_stats(workspace, cache_dir, detector_images):
-    args = ["--metrics=fid50k_full,kid50k_full", f"--network={workspace.pkl}", "--num-gen=32", "--batch=16",
-            f"--detector-dir={workspace.detector_dir}", "--workers=0", "--verbose=0"]  # fmt: skip
+    args = [
+        "--metrics=fid50k_full,kid50k_full",
+        f"--network={workspace.pkl}",
+        "--num-gen=32",
+        "--batch=16",
+        f"--detector-dir={workspace.detector_dir}",
+        "--workers=0",
+        "--verbose=0",
+    ]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert detector_images["images"] == 2 * (64 + 32)  # Both metrics: all 64 reals and 32 generated images.
@@ -387,8 +413,14 @@ def test_cli_writes_jsonl_next_to_the_snapshot_and_reuses_dataset_stats(workspac
 def test_cli_prints_results_outside_a_run_directory(workspace, cache_dir, tmp_path):
     pkl = tmp_path / "elsewhere.pkl"
     shutil.copyfile(workspace.pkl, pkl)
-    result = run_cli("--metrics=is50k", f"--network={pkl}", f"--detector-dir={workspace.detector_dir}",
-                     "--num-gen=20", "--workers=0", "--verbose=0")  # fmt: skip
+    result = run_cli(
+        "--metrics=is50k",
+        f"--network={pkl}",
+        f"--detector-dir={workspace.detector_dir}",
+        "--num-gen=20",
+        "--workers=0",
+        "--verbose=0",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     record = json.loads([line for line in result.output.splitlines() if line.startswith("{")][-1])
     assert record["metric"] == "is50k" and record["results"]["is50k_mean"] >= 1
@@ -399,9 +431,12 @@ def test_cli_prints_results_outside_a_run_directory(workspace, cache_dir, tmp_pa
 def test_a_perfect_generator_scores_perfectly(workspace, cache_dir):
     G = ReplayGenerator(workspace.images)
     common = dict(
-        dataset_factory=ImageFolderDataset, detector_dir=workspace.detector_dir, num_gen=64, num_workers=0,
+        dataset_factory=ImageFolderDataset,
+        detector_dir=workspace.detector_dir,
+        num_gen=64,
+        num_workers=0,
         batch_size=16,
-    )  # fmt: skip
+    )
     fid = metrics.calc_metric("fid50k_full", G, workspace.dataset_kwargs, CPU, **common)["results"]["fid50k_full"]
     noise = NoiseGenerator(workspace.images)
     noise_fid = metrics.calc_metric("fid50k_full", noise, workspace.dataset_kwargs, CPU, **common)["results"]
@@ -565,9 +600,16 @@ def test_two_processes_match_one(workspace, cache_dir, tmp_path, monkeypatch):
         (run_dir / "training_options.json").write_text(json.dumps(dict(data=workspace.data)))
         pkl = run_dir / "network-snapshot-000000.pkl"
         shutil.copyfile(workspace.pkl, pkl)
-        result = run_cli("--metrics=fid50k_full,swd", f"--network={pkl}", f"--gpus={gpus}", "--num-gen=30",
-                         "--batch=8", "--workers=0", "--verbose=0",
-                         f"--detector-dir={workspace.detector_dir}")  # fmt: skip
+        result = run_cli(
+            "--metrics=fid50k_full,swd",
+            f"--network={pkl}",
+            f"--gpus={gpus}",
+            "--num-gen=30",
+            "--batch=8",
+            "--workers=0",
+            "--verbose=0",
+            f"--detector-dir={workspace.detector_dir}",
+        )
         assert result.exit_code == 0, result.output + repr(result.exception)
         results.append([json.loads((run_dir / f"metric-{name}.jsonl").read_text()) for name in ("fid50k_full", "swd")])
     for one, two in zip(*results, strict=True):
@@ -608,8 +650,16 @@ def test_training_evaluates_every_snapshot(workspace, cache_dir, tmp_path, monke
         spec = metrics.get_metric(name)
         monkeypatch.setitem(registry._METRICS, name, dataclasses.replace(spec, num_gen=16, max_real=None))
     outdir = tmp_path / "runs"
-    args = [f"--outdir={outdir}", f"--data={workspace.data}", *TRAIN_TINY, "--kimg=1", "--tick=1", "--snap=1",
-            "--metrics=fid50k_full,swd", f"--detector-dir={workspace.detector_dir}"]  # fmt: skip
+    args = [
+        f"--outdir={outdir}",
+        f"--data={workspace.data}",
+        *TRAIN_TINY,
+        "--kimg=1",
+        "--tick=1",
+        "--snap=1",
+        "--metrics=fid50k_full,swd",
+        f"--detector-dir={workspace.detector_dir}",
+    ]
     result = CliRunner().invoke(train.main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     [run_dir] = list(outdir.iterdir())

@@ -9,9 +9,16 @@ from training.networks_creps import Generator, line_coordinates, modulated_fc
 
 def tiny_G(res=16, **kwargs):
     return Generator(
-        z_dim=16, c_dim=0, w_dim=16, img_resolution=res, img_channels=3, mapping_kwargs=dict(num_layers=2),
-        channel_base=res * 8, channel_max=16, **kwargs,
-    )  # fmt: skip
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        channel_base=res * 8,
+        channel_max=16,
+        **kwargs,
+    )
 
 
 def test_parameter_names_and_shapes():
@@ -19,19 +26,32 @@ def test_parameter_names_and_shapes():
     shapes = {name: list(t.shape) for name, t in G.state_dict().items()}
     assert G.num_ws == 15  # 1 input + 1 + 2*6 fc layers + 1 last skip output.
     expected = {
-        "synthesis.b4.input.freqs": [1, 1024 // 2 * 8], "synthesis.b4.input.coords": [1, 256, 2, 1],
-        "synthesis.b4.input.weight": [1, 1024, 1, 16], "synthesis.b4.input.affine.weight": [1024 * 16, 512],
-        "synthesis.b4.fc1.weight": [1024, 1024], "synthesis.b4.fc1.affine.weight": [1024, 512],
-        "synthesis.b4.tores.weight": [32, 1024], "synthesis.b4.tores.bias": [32],
-        "synthesis.b64.fc0.weight": [1024, 1024], "synthesis.b128.fc0.weight": [512, 1024],
-        "synthesis.b256.fc1.weight": [256, 256], "synthesis.b256.tores.weight": [32, 256],
-        "synthesis.decoder_8.0.weight": [64, 32], "synthesis.decoder_8.1.weight": [128, 64],
-        "synthesis.decoder_8.2.weight": [64, 128], "synthesis.decoder_8.3.weight": [32, 64],
-        "synthesis.decoder_last.3.bias": [32], "synthesis.decoder_img.weight": [3, 32],
-        "synthesis.block0.fc0.weight": [128, 32], "synthesis.block0.fc1.weight": [128, 128],
-        "synthesis.block0.tores.weight": [3, 128], "synthesis.block1.fc0.weight": [64, 128],
-        "synthesis.block1.tores.weight": [3, 64], "mapping.fc7.weight": [512, 512], "mapping.w_avg": [512],
-    }  # fmt: skip
+        "synthesis.b4.input.freqs": [1, 1024 // 2 * 8],
+        "synthesis.b4.input.coords": [1, 256, 2, 1],
+        "synthesis.b4.input.weight": [1, 1024, 1, 16],
+        "synthesis.b4.input.affine.weight": [1024 * 16, 512],
+        "synthesis.b4.fc1.weight": [1024, 1024],
+        "synthesis.b4.fc1.affine.weight": [1024, 512],
+        "synthesis.b4.tores.weight": [32, 1024],
+        "synthesis.b4.tores.bias": [32],
+        "synthesis.b64.fc0.weight": [1024, 1024],
+        "synthesis.b128.fc0.weight": [512, 1024],
+        "synthesis.b256.fc1.weight": [256, 256],
+        "synthesis.b256.tores.weight": [32, 256],
+        "synthesis.decoder_8.0.weight": [64, 32],
+        "synthesis.decoder_8.1.weight": [128, 64],
+        "synthesis.decoder_8.2.weight": [64, 128],
+        "synthesis.decoder_8.3.weight": [32, 64],
+        "synthesis.decoder_last.3.bias": [32],
+        "synthesis.decoder_img.weight": [3, 32],
+        "synthesis.block0.fc0.weight": [128, 32],
+        "synthesis.block0.fc1.weight": [128, 128],
+        "synthesis.block0.tores.weight": [3, 128],
+        "synthesis.block1.fc0.weight": [64, 128],
+        "synthesis.block1.tores.weight": [3, 64],
+        "mapping.fc7.weight": [512, 512],
+        "mapping.w_avg": [512],
+    }
     for name, shape in expected.items():
         assert shapes[name] == shape, name
     assert "synthesis.decoder_4.0.weight" not in shapes and "synthesis.b4.fc0.weight" not in shapes

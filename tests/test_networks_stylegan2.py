@@ -15,33 +15,54 @@ from training.networks_stylegan2 import (
 
 def tiny_G(c_dim=0, **kwargs):
     return Generator(
-        z_dim=8, c_dim=c_dim, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=2),
-        channel_base=64, channel_max=8, **kwargs,
-    )  # fmt: skip
+        z_dim=8,
+        c_dim=c_dim,
+        w_dim=8,
+        img_resolution=16,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        channel_base=64,
+        channel_max=8,
+        **kwargs,
+    )
 
 
 def tiny_D(c_dim=0, **kwargs):
     return Discriminator(
-        c_dim=c_dim, img_resolution=16, img_channels=3, channel_base=64, channel_max=8,
-        mapping_kwargs=dict(num_layers=2), **kwargs,
-    )  # fmt: skip
+        c_dim=c_dim,
+        img_resolution=16,
+        img_channels=3,
+        channel_base=64,
+        channel_max=8,
+        mapping_kwargs=dict(num_layers=2),
+        **kwargs,
+    )
 
 
 def test_generator_parameter_names_and_shapes_follow_the_published_format():
     shapes = {name: list(t.shape) for name, t in tiny_G(c_dim=5).state_dict().items()}
     expected = {
-        "mapping.embed.weight": [8, 5], "mapping.embed.bias": [8],
-        "mapping.fc0.weight": [8, 16], "mapping.fc0.bias": [8],
-        "mapping.fc1.weight": [8, 8], "mapping.fc1.bias": [8],
+        "mapping.embed.weight": [8, 5],
+        "mapping.embed.bias": [8],
+        "mapping.fc0.weight": [8, 16],
+        "mapping.fc0.bias": [8],
+        "mapping.fc1.weight": [8, 8],
+        "mapping.fc1.bias": [8],
         "mapping.w_avg": [8],
-        "synthesis.b4.const": [8, 4, 4], "synthesis.b4.resample_filter": [4, 4],
-        "synthesis.b4.conv1.weight": [8, 8, 3, 3], "synthesis.b4.conv1.bias": [8],
-        "synthesis.b4.conv1.affine.weight": [8, 8], "synthesis.b4.conv1.affine.bias": [8],
-        "synthesis.b4.conv1.noise_const": [4, 4], "synthesis.b4.conv1.noise_strength": [],
+        "synthesis.b4.const": [8, 4, 4],
+        "synthesis.b4.resample_filter": [4, 4],
+        "synthesis.b4.conv1.weight": [8, 8, 3, 3],
+        "synthesis.b4.conv1.bias": [8],
+        "synthesis.b4.conv1.affine.weight": [8, 8],
+        "synthesis.b4.conv1.affine.bias": [8],
+        "synthesis.b4.conv1.noise_const": [4, 4],
+        "synthesis.b4.conv1.noise_strength": [],
         "synthesis.b4.conv1.resample_filter": [4, 4],
-        "synthesis.b4.torgb.weight": [3, 8, 1, 1], "synthesis.b4.torgb.bias": [3],
-        "synthesis.b4.torgb.affine.weight": [8, 8], "synthesis.b4.torgb.affine.bias": [8],
-    }  # fmt: skip
+        "synthesis.b4.torgb.weight": [3, 8, 1, 1],
+        "synthesis.b4.torgb.bias": [3],
+        "synthesis.b4.torgb.affine.weight": [8, 8],
+        "synthesis.b4.torgb.affine.bias": [8],
+    }
     for res, cin, cout in [(8, 8, 8), (16, 8, 4)]:
         block = f"synthesis.b{res}"
         expected[f"{block}.resample_filter"] = [4, 4]
@@ -63,20 +84,41 @@ def test_generator_parameter_names_and_shapes_follow_the_published_format():
 def test_discriminator_parameter_names_and_shapes_follow_the_published_format():
     shapes = {name: list(t.shape) for name, t in tiny_D(c_dim=5).state_dict().items()}
     expected = {
-        "b16.fromrgb.weight": [4, 3, 1, 1], "b16.fromrgb.bias": [4], "b16.fromrgb.resample_filter": [4, 4],
-        "b16.conv0.weight": [4, 4, 3, 3], "b16.conv0.bias": [4], "b16.conv0.resample_filter": [4, 4],
-        "b16.conv1.weight": [8, 4, 3, 3], "b16.conv1.bias": [8], "b16.conv1.resample_filter": [4, 4],
-        "b16.skip.weight": [8, 4, 1, 1], "b16.skip.resample_filter": [4, 4], "b16.resample_filter": [4, 4],
-        "b8.conv0.weight": [8, 8, 3, 3], "b8.conv0.bias": [8], "b8.conv0.resample_filter": [4, 4],
-        "b8.conv1.weight": [8, 8, 3, 3], "b8.conv1.bias": [8], "b8.conv1.resample_filter": [4, 4],
-        "b8.skip.weight": [8, 8, 1, 1], "b8.skip.resample_filter": [4, 4], "b8.resample_filter": [4, 4],
-        "mapping.embed.weight": [8, 5], "mapping.embed.bias": [8],
-        "mapping.fc0.weight": [8, 8], "mapping.fc0.bias": [8],
-        "mapping.fc1.weight": [8, 8], "mapping.fc1.bias": [8],
-        "b4.conv.weight": [8, 9, 3, 3], "b4.conv.bias": [8], "b4.conv.resample_filter": [4, 4],
-        "b4.fc.weight": [8, 128], "b4.fc.bias": [8],
-        "b4.out.weight": [8, 8], "b4.out.bias": [8],
-    }  # fmt: skip
+        "b16.fromrgb.weight": [4, 3, 1, 1],
+        "b16.fromrgb.bias": [4],
+        "b16.fromrgb.resample_filter": [4, 4],
+        "b16.conv0.weight": [4, 4, 3, 3],
+        "b16.conv0.bias": [4],
+        "b16.conv0.resample_filter": [4, 4],
+        "b16.conv1.weight": [8, 4, 3, 3],
+        "b16.conv1.bias": [8],
+        "b16.conv1.resample_filter": [4, 4],
+        "b16.skip.weight": [8, 4, 1, 1],
+        "b16.skip.resample_filter": [4, 4],
+        "b16.resample_filter": [4, 4],
+        "b8.conv0.weight": [8, 8, 3, 3],
+        "b8.conv0.bias": [8],
+        "b8.conv0.resample_filter": [4, 4],
+        "b8.conv1.weight": [8, 8, 3, 3],
+        "b8.conv1.bias": [8],
+        "b8.conv1.resample_filter": [4, 4],
+        "b8.skip.weight": [8, 8, 1, 1],
+        "b8.skip.resample_filter": [4, 4],
+        "b8.resample_filter": [4, 4],
+        "mapping.embed.weight": [8, 5],
+        "mapping.embed.bias": [8],
+        "mapping.fc0.weight": [8, 8],
+        "mapping.fc0.bias": [8],
+        "mapping.fc1.weight": [8, 8],
+        "mapping.fc1.bias": [8],
+        "b4.conv.weight": [8, 9, 3, 3],
+        "b4.conv.bias": [8],
+        "b4.conv.resample_filter": [4, 4],
+        "b4.fc.weight": [8, 128],
+        "b4.fc.bias": [8],
+        "b4.out.weight": [8, 8],
+        "b4.out.bias": [8],
+    }
     assert shapes == expected
     assert "b4.out.weight" in tiny_D().state_dict() and list(tiny_D().b4.out.weight.shape) == [1, 8]
 

@@ -13,18 +13,40 @@ from training.networks_stylegan3 import Generator, layer_schedule
 
 def tiny_G(res=16, **kwargs):
     return Generator(
-        z_dim=16, c_dim=0, w_dim=16, img_resolution=res, img_channels=3, mapping_kwargs=dict(num_layers=2),
-        channel_base=512, channel_max=32, num_fp16_res=0, conv_clamp=None, **kwargs,
-    )  # fmt: skip
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        channel_base=512,
+        channel_max=32,
+        num_fp16_res=0,
+        conv_clamp=None,
+        **kwargs,
+    )
 
 
 def test_published_256px_layer_names():
     T = Generator(512, 0, 512, 256, 3)
     assert T.num_ws == 16
     assert T.synthesis.layer_names == [
-        "L0_36_512", "L1_36_512", "L2_36_512", "L3_52_512", "L4_52_512", "L5_84_512", "L6_84_512", "L7_148_512",
-        "L8_148_512", "L9_148_362", "L10_276_256", "L11_276_181", "L12_276_128", "L13_256_128", "L14_256_3",
-    ]  # fmt: skip
+        "L0_36_512",
+        "L1_36_512",
+        "L2_36_512",
+        "L3_52_512",
+        "L4_52_512",
+        "L5_84_512",
+        "L6_84_512",
+        "L7_148_512",
+        "L8_148_512",
+        "L9_148_362",
+        "L10_276_256",
+        "L11_276_181",
+        "L12_276_128",
+        "L13_256_128",
+        "L14_256_3",
+    ]
     R = Generator(512, 0, 512, 256, 3, channel_base=65536, channel_max=1024, conv_kernel=1, use_radial_filters=True)
     assert R.synthesis.layer_names[0] == "L0_36_1024" and R.synthesis.layer_names[-2] == "L13_256_256"
     assert list(R.synthesis.L0_36_1024.weight.shape) == [1024, 1024, 1, 1]
@@ -39,9 +61,14 @@ def test_generator_parameter_names():
     assert names["synthesis.input.affine.weight"] == [4, 16] and names["synthesis.input.affine.bias"] == [4]
     first = tiny_G().synthesis.layer_names[0]
     for suffix, shape in [
-        ("affine.weight", [32, 16]), ("affine.bias", [32]), ("weight", [32, 32, 3, 3]), ("bias", [32]),
-        ("magnitude_ema", []), ("up_filter", [12]), ("down_filter", [12]),
-    ]:  # fmt: skip
+        ("affine.weight", [32, 16]),
+        ("affine.bias", [32]),
+        ("weight", [32, 32, 3, 3]),
+        ("bias", [32]),
+        ("magnitude_ema", []),
+        ("up_filter", [12]),
+        ("down_filter", [12]),
+    ]:
         assert names[f"synthesis.{first}.{suffix}"] == shape, suffix
     assert "mapping.fc1.weight" in names and "mapping.w_avg" in names
 
@@ -141,8 +168,18 @@ def test_fast_reference_ops_give_the_images_and_gradients_of_the_definition(monk
         return direct_filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)
 
     torch.manual_seed(0)
-    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=512, channel_max=16,
-                  num_fp16_res=0, conv_clamp=conv_clamp, mapping_kwargs=dict(num_layers=2))  # fmt: skip
+    G = Generator(
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=16,
+        img_channels=3,
+        channel_base=512,
+        channel_max=16,
+        num_fp16_res=0,
+        conv_clamp=conv_clamp,
+        mapping_kwargs=dict(num_layers=2),
+    )
     z = torch.randn(3, 16)
     results = []
     for use_direct in (False, True):

@@ -9,20 +9,28 @@ from training import plots, run_log
 
 
 def _tick(kimg: float, **means: float) -> str:
-    return json.dumps({"Progress/kimg": {"num": 1, "mean": kimg, "std": 0}, **{
-        name: {"num": 4, "mean": value, "std": 0} for name, value in means.items()}}) + "\n"  # fmt: skip
+    return (
+        json.dumps(
+            {
+                "Progress/kimg": {"num": 1, "mean": kimg, "std": 0},
+                **{name: {"num": 4, "mean": value, "std": 0} for name, value in means.items()},
+            }
+        )
+        + "\n"
+    )
 
 
 def test_series_and_panels_from_the_logs(tmp_path):
     (tmp_path / "stats.jsonl").write_text(
-        _tick(0.0, **{"Loss/G/loss": 2.0}) + _tick(1.0, **{"Loss/G/loss": 1.5, "Loss/D/loss": 0.5})
+        _tick(0.0, **{"Loss/G/loss": 2.0})
+        + _tick(1.0, **{"Loss/G/loss": 1.5, "Loss/D/loss": 0.5})
         + '{"Progress/kimg": {"num'  # A line cut short by a kill.
-    )  # fmt: skip
+    )
     (tmp_path / "metric-swd.jsonl").write_text(
         "".join(
             json.dumps({"results": {"swd": v}, "snapshot_pkl": f"network-snapshot-{k:06d}.pkl"}) + "\n"
             for k, v in ((0, 30.0), (4, 12.5))
-        )  # fmt: skip
+        )
     )
     ticks = run_log.read_jsonl(str(tmp_path / "stats.jsonl"))
     assert len(ticks) == 2

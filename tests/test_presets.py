@@ -23,9 +23,17 @@ pytestmark = pytest.mark.slow
 def train_two_ticks(cfg: str, data: Path, outdir: Path) -> Path:
     """Train `cfg` for two ticks (the first step, then 16 more images) and return the final snapshot."""
     run_script(
-        "train.py", f"--outdir={outdir}", f"--cfg={cfg}", f"--data={data}", *TINY, "--gpus=1", "--batch=4",
-        "--kimg=0.016", "--tick=1", cwd=outdir.parent,
-    )  # fmt: skip
+        "train.py",
+        f"--outdir={outdir}",
+        f"--cfg={cfg}",
+        f"--data={data}",
+        *TINY,
+        "--gpus=1",
+        "--batch=4",
+        "--kimg=0.016",
+        "--tick=1",
+        cwd=outdir.parent,
+    )
     [run_dir] = [p for p in outdir.iterdir() if p.is_dir()]
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/tick"]["mean"] for s in stats] == [0, 1]
@@ -59,9 +67,14 @@ def test_stylegan3_presets_train_and_render(tmp_path, data, cfg):
     out = tmp_path / "out"
     run_script("gen_images.py", f"--network={snapshot}", "--seeds=0", f"--outdir={out / 'plain'}", cwd=tmp_path)
     run_script(
-        "gen_images.py", f"--network={snapshot}", "--seeds=0", "--translate=0.25,0", "--rotate=90",
-        f"--outdir={out / 'moved'}", cwd=tmp_path,
-    )  # fmt: skip
+        "gen_images.py",
+        f"--network={snapshot}",
+        "--seeds=0",
+        "--translate=0.25,0",
+        "--rotate=90",
+        f"--outdir={out / 'moved'}",
+        cwd=tmp_path,
+    )
     plain, moved = read_png(out / "plain" / "seed0000.png"), read_png(out / "moved" / "seed0000.png")
     assert plain.shape == moved.shape == (8, 8, 3) and not np.array_equal(plain, moved)
 
@@ -80,9 +93,14 @@ def test_translate_is_refused_for_stylegan2(tmp_path, data):
 
     video = tmp_path / "video" / "lerp.mp4"
     run_script(
-        "gen_video.py", f"--network={snapshot}", "--seeds=0-5", "--grid=3x1", "--w-frames=4", f"--output={video}",
+        "gen_video.py",
+        f"--network={snapshot}",
+        "--seeds=0-5",
+        "--grid=3x1",
+        "--w-frames=4",
+        f"--output={video}",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     frames = iio.imread(video)
     assert frames.shape[0] == 2 * 4  # 6 seeds over 3 cells: 2 keyframes, 4 frames each.
     assert frames.shape[3] == 3 and frames.std() > 0
@@ -98,9 +116,13 @@ def test_creps_preset_trains_and_renders_at_any_scale(tmp_path, data):
     out = tmp_path / "out"
     for scale, size in [("0.5", 4), ("1", 8), ("1.5", 12), ("2", 16)]:
         run_script(
-            "gen_images.py", f"--network={snapshot}", "--seeds=3", f"--scale={scale}", f"--outdir={out / scale}",
+            "gen_images.py",
+            f"--network={snapshot}",
+            "--seeds=3",
+            f"--scale={scale}",
+            f"--outdir={out / scale}",
             cwd=tmp_path,
-        )  # fmt: skip
+        )
         assert read_png(out / scale / "seed0003.png").shape == (size, size, 3)
     runner = CliRunner()
     result = runner.invoke(gen_images.main, [f"--network={snapshot}", "--seeds=0", "--scale=1.3", f"--outdir={out}"])

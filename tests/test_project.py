@@ -133,8 +133,9 @@ def test_a_regular_install_has_the_commands_and_the_kernel_sources(tmp_path):
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]
     subprocess.run(install, check=True, capture_output=True)
     env = dict(os.environ, PYTHONPATH=str(target))  # Ahead of the editable checkout: the installed copy is used.
-    result = subprocess.run([str(target / "bin" / "ganforge-train"), "--help"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [str(target / "bin" / "ganforge-train"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0 and "--outdir DIR" in result.stdout, result.stderr
     check = (
         "from torch_utils import custom_ops as c; print(c.__file__);"

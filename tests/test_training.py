@@ -39,17 +39,36 @@ def assert_states_close(a: dict, b: dict, atol: float, rtol: float = 0.0) -> Non
 def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(
-        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=1",
-        "--tick=0.5", "--snap=2", "--workers=0", "--desc=smoke", cwd=tmp_path,
-    )  # fmt: skip
+        "train.py",
+        f"--outdir={outdir}",
+        f"--data={data}",
+        *TINY,
+        "--gpus=1",
+        "--batch=4",
+        "--kimg=1",
+        "--tick=0.5",
+        "--snap=2",
+        "--workers=0",
+        "--desc=smoke",
+        cwd=tmp_path,
+    )
     [run_dir] = run_dirs(outdir)
     assert run_dir.name == "00000-stylegan2-shapes8-gpus1-batch4-gamma1-smoke"
     names = set(os.listdir(run_dir))
     expected = {
-        "training_options.json", "log.txt", "stats.jsonl", "reals.png", "fakes_init.png", "fakes000000.png",
-        "fakes000001.png", "network-snapshot-000000.pkl", "network-snapshot-000001.pkl", "training-state-000000.pt",
-        "training-state-000001.pt", "progress.png",
-    }  # fmt: skip
+        "training_options.json",
+        "log.txt",
+        "stats.jsonl",
+        "reals.png",
+        "fakes_init.png",
+        "fakes000000.png",
+        "fakes000001.png",
+        "network-snapshot-000000.pkl",
+        "network-snapshot-000001.pkl",
+        "training-state-000000.pt",
+        "training-state-000001.pt",
+        "progress.png",
+    }
     assert expected <= names
     assert not [name for name in names if name.startswith(".tmp-")]
     options = json.loads((run_dir / "training_options.json").read_text())
@@ -130,10 +149,21 @@ def test_torchrun_launch(tmp_path, data):
     outdir = tmp_path / "runs"
     env = script_env()
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
-        f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=2", "--batch=8", "--kimg=0.016", "--tick=1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(ROOT / "train.py"),
+        f"--outdir={outdir}",
+        f"--data={data}",
+        *TINY,
+        "--gpus=2",
+        "--batch=8",
+        "--kimg=0.016",
+        "--tick=1",
         "--workers=0",
-    ]  # fmt: skip
+    ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("Training options:") == 1  # Only rank 0 prints.
@@ -242,13 +272,18 @@ def test_dry_run_prints_the_config_and_writes_nothing(tmp_path, data):
     "cfg, resolution, batch, expected",
     [
         # The StyleGAN3 training-configurations guide's table (batch 32; the same for -T and -R; CREPS follows it).
-        ("stylegan3-t", 128, 32, 0.5), ("stylegan3-r", 256, 32, 2), ("stylegan3-t", 512, 32, 8),
-        ("stylegan3-r", 1024, 32, 32), ("creps", 512, 32, 8),
+        ("stylegan3-t", 128, 32, 0.5),
+        ("stylegan3-r", 256, 32, 2),
+        ("stylegan3-t", 512, 32, 8),
+        ("stylegan3-r", 1024, 32, 32),
+        ("creps", 512, 32, 8),
         # StyleGAN2-ADA's automatic configuration (the guide's table of its command lines).
-        ("stylegan2", 128, 32, 0.1024), ("stylegan2", 256, 16, 0.8192), ("stylegan2", 512, 8, 6.5536),
+        ("stylegan2", 128, 32, 0.1024),
+        ("stylegan2", 256, 16, 0.8192),
+        ("stylegan2", 512, 8, 6.5536),
         ("stylegan2", 1024, 4, 52.4288),
     ],
-)  # fmt: skip
+)
 def test_recommended_gamma_follows_the_published_tables(cfg, resolution, batch, expected):
     assert config.recommended_gamma(cfg, resolution, batch)[0] == pytest.approx(expected)
 
@@ -324,9 +359,18 @@ def test_help_matches_docs():
 def test_gen_images_refuses_bad_class(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(
-        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--kimg=0.004",
-        "--tick=1", "--workers=0", "--cond=1", cwd=tmp_path,
-    )  # fmt: skip
+        "train.py",
+        f"--outdir={outdir}",
+        f"--data={data}",
+        *TINY,
+        "--gpus=1",
+        "--batch=4",
+        "--kimg=0.004",
+        "--tick=1",
+        "--workers=0",
+        "--cond=1",
+        cwd=tmp_path,
+    )
     [run_dir] = run_dirs(outdir)
     snapshot = str(run_dir / "network-snapshot-000000.pkl")
     with open(snapshot, "rb") as f:
@@ -350,9 +394,20 @@ def test_gen_images_refuses_bad_class(tmp_path, data):
 def test_fixed_augmentation_is_applied_logged_and_saved(tmp_path, data):
     outdir = tmp_path / "runs"
     run_script(
-        "train.py", f"--outdir={outdir}", f"--data={data}", *TINY, "--aug=fixed", "--p=0.3", "--mirror=1", "--gpus=1",
-        "--batch=4", "--kimg=0.008", "--tick=1", "--workers=0", cwd=tmp_path,
-    )  # fmt: skip
+        "train.py",
+        f"--outdir={outdir}",
+        f"--data={data}",
+        *TINY,
+        "--aug=fixed",
+        "--p=0.3",
+        "--mirror=1",
+        "--gpus=1",
+        "--batch=4",
+        "--kimg=0.008",
+        "--tick=1",
+        "--workers=0",
+        cwd=tmp_path,
+    )
     [run_dir] = run_dirs(outdir)
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert stats[-1]["Progress/augment"]["mean"] == pytest.approx(0.3)

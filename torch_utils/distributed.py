@@ -51,9 +51,11 @@ def init(backend: str | None = None, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -
         _Job.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
         # Short store timeout: if the store's host (rank 0) is the rank that stopped, naming it must not take as long.
         _Job.store = torch.distributed.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
             timeout=datetime.timedelta(seconds=min(timeout_sec, 30)),
-        )  # fmt: skip
+        )
     _Job.timeout_sec = timeout_sec
 
 
