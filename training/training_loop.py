@@ -150,6 +150,12 @@ class Trainer:
                 ada_state = {**ada_state, "real_signs": state["loss"]["real_signs"]}
             self.ada.load_state_dict(ada_state)
 
+    def gather_pending(self) -> None:
+        """Collective, on every rank right before rank 0 writes a snapshot or state: ADA's pending signs of D on
+        reals move to rank 0, whose state then holds them all."""
+        if self.ada is not None:
+            self.ada.gather_pending()
+
     @property
     def augment_p(self) -> float:
         """The current augmentation probability (0 without augmentation)."""
@@ -496,8 +502,7 @@ def training_loop(c: TrainingConfig) -> None:
                     t.progress.cur_tick += 1
                     t.progress.tick_start_nimg = t.progress.cur_nimg
                     if done or (t.progress.cur_tick - 1) % c.snap_ticks == 0:
-                        if t.ada is not None:
-                            t.ada.gather_pending()
+                        t.gather_pending()
                         snapshot_pkl = save_snapshot(c, t, grid, elapsed_sec=time.time() - start_time)
                         health.last_snapshot = snapshot_pkl
                         states.saved(t.progress.cur_nimg)
@@ -520,8 +525,7 @@ def training_loop(c: TrainingConfig) -> None:
                 stopping, state_due = distributed.agree([stop.requested, states.due(t.progress.cur_nimg)])
                 if stopping or state_due:
                     health.check_weights(t)  # A state with non-finite weights would only resume the divergence.
-                    if t.ada is not None:
-                        t.ada.gather_pending()
+                    t.gather_pending()
                     save_training_state(c, t, elapsed_sec=time.time() - start_time)
                     states.saved(t.progress.cur_nimg)
                 if stopping:
