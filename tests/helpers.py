@@ -1,5 +1,6 @@
-"""What the end-to-end tests share: the repository root, the tiny debug configuration's options, and running the
-root scripts in a fresh interpreter as users do. Fixtures (the demo datasets) are in conftest.py."""
+"""What the tests share: the repository root, the tiny debug configuration's options, running the root scripts in a
+fresh interpreter as users do, and generators small enough for the CPU. Fixtures (the demo datasets) are in
+conftest.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from training import networks_stylegan2, networks_stylegan3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +45,35 @@ def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProces
 def run_dirs(outdir: Path) -> list[Path]:
     """The run directories train.py made under `outdir`, oldest first."""
     return sorted(p for p in outdir.iterdir() if p.is_dir())
+
+
+def tiny_stylegan2(resolution: int = 8, map_depth: int = 1, c_dim: int = 0, **kwargs) -> networks_stylegan2.Generator:
+    """A StyleGAN2 generator with a few thousand parameters (z and w of 8, 8 channels), in training mode."""
+    return networks_stylegan2.Generator(
+        z_dim=8,
+        c_dim=c_dim,
+        w_dim=8,
+        img_resolution=resolution,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=map_depth),
+        channel_base=64,
+        channel_max=8,
+        **kwargs,
+    )
+
+
+def tiny_stylegan3(resolution: int = 16, **kwargs) -> networks_stylegan3.Generator:
+    """A StyleGAN3-T generator small enough for the CPU (z and w of 16, at most 32 channels, float32 unclamped)."""
+    return networks_stylegan3.Generator(
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=resolution,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        channel_base=512,
+        channel_max=32,
+        num_fp16_res=0,
+        conv_clamp=None,
+        **kwargs,
+    )

@@ -4,6 +4,7 @@ import os
 import pickle
 
 import click
+import helpers
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -12,22 +13,12 @@ from click.testing import CliRunner
 
 import gen_video
 from training.inference import parse_grid
-from training.networks_stylegan2 import Generator
 
 
 def tiny_G(c_dim: int = 0) -> torch.nn.Module:
     """An 8x8 StyleGAN2 generator with a few thousand parameters and a non-zero w_avg (so truncation matters)."""
     torch.manual_seed(0)
-    G = Generator(
-        z_dim=8,
-        c_dim=c_dim,
-        w_dim=8,
-        img_resolution=8,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=1),
-        channel_base=64,
-        channel_max=8,
-    ).eval()
+    G = helpers.tiny_stylegan2(c_dim=c_dim).eval()
     G.mapping.w_avg.copy_(torch.randn_like(G.mapping.w_avg))
     return G
 

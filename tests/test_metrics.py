@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import warnings
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -34,7 +35,7 @@ from metrics.kernel_inception_distance import kernel_inception_distance
 from metrics.precision_recall import precision_recall
 from metrics.sliced_wasserstein import laplacian_pyramid, pyramid_down, pyramid_up, sliced_wasserstein
 from torch_utils.alias_free import make_transform
-from training import checkpoint, networks_stylegan2, networks_stylegan3
+from training import checkpoint, networks_stylegan2
 from training.dataset import ImageFolderDataset
 
 CPU = torch.device("cpu")
@@ -256,33 +257,13 @@ def write_stand_in_detectors(folder) -> None:
 
 def tiny_stylegan2() -> torch.nn.Module:
     """A StyleGAN2 generator with a few thousand parameters (8x8 RGB)."""
-    return networks_stylegan2.Generator(
-        z_dim=8,
-        c_dim=0,
-        w_dim=8,
-        img_resolution=8,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=1),
-        channel_base=64,
-        channel_max=8,
-    ).eval()
+    return helpers.tiny_stylegan2().eval()
 
 
 def tiny_stylegan3(resolution: int = 16) -> torch.nn.Module:
     """A StyleGAN3-T generator small enough for the CPU."""
     torch.manual_seed(0)
-    return networks_stylegan3.Generator(
-        z_dim=16,
-        c_dim=0,
-        w_dim=16,
-        img_resolution=resolution,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=2),
-        channel_base=512,
-        channel_max=32,
-        num_fp16_res=0,
-        conv_clamp=None,
-    ).eval()
+    return helpers.tiny_stylegan3(resolution).eval()
 
 
 class ReplayGenerator(torch.nn.Module):

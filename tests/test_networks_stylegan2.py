@@ -1,5 +1,6 @@
 """Tests for the StyleGAN2 networks: published parameter names, shapes, truncation, noise, conditioning."""
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -14,17 +15,7 @@ from training.networks_stylegan2 import (
 
 
 def tiny_G(c_dim=0, **kwargs):
-    return Generator(
-        z_dim=8,
-        c_dim=c_dim,
-        w_dim=8,
-        img_resolution=16,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=2),
-        channel_base=64,
-        channel_max=8,
-        **kwargs,
-    )
+    return helpers.tiny_stylegan2(resolution=16, map_depth=2, c_dim=c_dim, **kwargs)
 
 
 def tiny_D(c_dim=0, **kwargs):

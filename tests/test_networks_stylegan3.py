@@ -1,5 +1,6 @@
 """Tests for the StyleGAN3 generator: published layout, filter design, and translation equivariance."""
 
+import helpers
 import numpy as np
 import pytest
 import scipy.signal
@@ -12,19 +13,7 @@ from training.networks_stylegan3 import Generator, layer_schedule
 
 
 def tiny_G(res=16, **kwargs):
-    return Generator(
-        z_dim=16,
-        c_dim=0,
-        w_dim=16,
-        img_resolution=res,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=2),
-        channel_base=512,
-        channel_max=32,
-        num_fp16_res=0,
-        conv_clamp=None,
-        **kwargs,
-    )
+    return helpers.tiny_stylegan3(res, **kwargs)
 
 
 def test_published_256px_layer_names():
