@@ -24,7 +24,8 @@ from training.dataset_tool.transforms import TRANSFORMS
     metavar="PATH",
     required=True,
     help="Input: image folder, .zip, LSUN LMDB folder, cifar-10-python.tar.gz, MNIST "
-    "train-images-idx3-ubyte.gz, or demo:shapes (4096 drawn images, 64x64 unless --resolution).",
+    "train-images-idx3-ubyte.gz, or a drawn demo: demo:shapes (one centred shape) or demo:scenes (shapes anywhere); "
+    "4096 images, 64x64 unless --resolution.",
 )
 @click.option(
     "--dest",

@@ -31,7 +31,7 @@ from training.dataset_tool.convert import (
     worker_count,
 )
 from training.dataset_tool.png import encode_png, encode_png_fast
-from training.dataset_tool.shapes import SHAPE_CLASSES
+from training.dataset_tool.shapes import CENTRE_JITTER, SHAPE_CLASSES, render_scene, sample_scene
 from training.dataset_tool.sources import SourceItem
 
 
@@ -304,6 +304,39 @@ def test_demo_shapes_is_deterministic(out):
     for image_32, image_64 in zip(small, large, strict=True):  # The same scene at both sizes.
         halved = image_64.reshape(3, 32, 2, 32, 2).mean(axis=(2, 4))
         assert np.abs(halved - image_32).mean() < 4
+
+
+def test_demo_shapes_draws_one_shape_near_the_centre():
+    for index in range(200):
+        background, shapes = sample_scene("demo:shapes", index)
+        assert len(shapes) == 1
+        shape = shapes[0]
+        assert all(abs(coordinate - 0.5) <= CENTRE_JITTER for coordinate in shape.center)
+        assert 0.22 <= shape.radius <= 0.34
+        image, label = render_scene("demo:shapes", index, 64)
+        pixels = np.asarray(image)
+        assert label == shape.kind
+        # Every shape's inradius (a triangle's: half its circumradius) covers a few pixels around its centre,
+        # and no shape reaches the corners.
+        x, y = (int(coordinate * 64) for coordinate in shape.center)
+        assert tuple(pixels[y, x]) == shape.color, index
+        for corner in (pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]):
+            assert tuple(corner) == background, index
+
+
+def test_demo_scenes_place_shapes_anywhere_with_distractors(out):
+    scenes = [sample_scene("demo:scenes", index) for index in range(200)]
+    main_offsets = [max(abs(c - 0.5) for c in shapes[-1].center) for _, shapes in scenes]
+    assert max(main_offsets) > 0.25 and min(main_offsets) < 0.1
+    assert {len(shapes) for _, shapes in scenes} == {1, 2, 3}  # Zero, one or two distractors.
+    assert all(shape.radius <= 0.12 for _, shapes in scenes for shape in shapes[:-1])
+
+    run_ok("--source", "demo:scenes", "--dest", out / "s.zip", "--max-images", 4, "--resolution", "16x16")
+    dataset, images, labels = read_all(out / "s.zip")
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        expected, kind = render_scene("demo:scenes", index, 16)
+        np.testing.assert_array_equal(image, np.asarray(expected).transpose(2, 0, 1))
+        assert label.argmax() == kind
 
 
 def test_unknown_demo_and_unsupported_source(tmp_path, out):

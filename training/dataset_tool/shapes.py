@@ -1,13 +1,19 @@
-"""The demo:shapes renderer: a dataset drawn on the fly so that a fresh machine can train without a download.
+"""The demo datasets' renderer: images drawn on the fly so that a fresh machine can train without a download.
 
-Image i is a few filled circles, squares and triangles on a plain background; its label is the class of the
-largest (last drawn) shape. training.dataset_tool.sources serves the images as the demo:shapes source.
+Two kinds of scene, each a plain background with filled circles, squares and triangles; the label is the class of
+the largest (last drawn) shape. training.dataset_tool.sources serves them as these --source names:
+
+    demo:shapes  one large shape near the centre: aligned data, as faces are, which a small network on a CPU
+                 learns in minutes (the quick start).
+    demo:scenes  the large shape anywhere in the image, with up to two small distractors behind it: harder,
+                 since the generator must also learn where things go.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import PIL.Image
@@ -16,6 +22,7 @@ import PIL.ImageDraw
 SHAPE_CLASSES = ("circle", "square", "triangle")  # Label = index of the main shape's class.
 DEMO_SHAPES_SEED = 20240601  # Mixed with the image index: image i is the same on every machine and at every size.
 SUPERSAMPLE = 4  # Drawn at 4x the size and box-filtered down, for antialiased edges.
+CENTRE_JITTER = 0.08  # demo:shapes: the shape's centre is within this fraction of the image side of the middle.
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,19 @@ class SceneRandom:
         return (255 - far_from[0], 255 - far_from[1], 255 - far_from[2])
 
 
-def sample_shapes_scene(index: int) -> tuple[tuple[int, int, int], list[Shape]]:
-    """Pick the background colour and the shapes of demo image `index`; the last shape is the labelled one."""
+def sample_centred_shape(index: int) -> tuple[tuple[int, int, int], list[Shape]]:
+    """demo:shapes image `index`: the background colour and one large shape near the centre, fully inside."""
+    rng = SceneRandom(index)
+    background = rng.color()
+    radius = rng.uniform(0.22, 0.34)
+    jitter = CENTRE_JITTER
+    center = (0.5 + rng.uniform(-jitter, jitter), 0.5 + rng.uniform(-jitter, jitter))
+    shape = Shape(rng.below(len(SHAPE_CLASSES)), center, radius, rng.uniform(0, 2 * math.pi), rng.color(background))
+    return background, [shape]
+
+
+def sample_scattered_scene(index: int) -> tuple[tuple[int, int, int], list[Shape]]:
+    """demo:scenes image `index`: the background colour and the shapes; the last shape is the labelled one."""
     rng = SceneRandom(index)
     background = rng.color()
     shapes = []
@@ -80,9 +98,18 @@ def sample_shapes_scene(index: int) -> tuple[tuple[int, int, int], list[Shape]]:
     return background, shapes
 
 
-def render_shapes_scene(index: int, size: int) -> tuple[PIL.Image.Image, int]:
-    """Draw demo image `index` at `size` x `size` pixels; return it and its label."""
-    background, shapes = sample_shapes_scene(index)
+SceneSampler = Callable[[int], tuple[tuple[int, int, int], list[Shape]]]
+SCENE_SAMPLERS: dict[str, SceneSampler] = {"demo:shapes": sample_centred_shape, "demo:scenes": sample_scattered_scene}
+
+
+def sample_scene(demo: str, index: int) -> tuple[tuple[int, int, int], list[Shape]]:
+    """Image `index` of the demo named `demo` (a key of SCENE_SAMPLERS): its background and its shapes."""
+    return SCENE_SAMPLERS[demo](index)
+
+
+def render_scene(demo: str, index: int, size: int) -> tuple[PIL.Image.Image, int]:
+    """Draw image `index` of the demo named `demo` at `size` x `size` pixels; return it and its label."""
+    background, shapes = sample_scene(demo, index)
     side = size * SUPERSAMPLE
     canvas = PIL.Image.new("RGB", (side, side), background)
     draw = PIL.ImageDraw.Draw(canvas)

@@ -2,7 +2,7 @@
 and database lookups) and decoded by a worker, so an unreadable file is reported by name, in order.
 
 Folders and zips of images (labels from their dataset.json), LSUN LMDB databases, the CIFAR-10 python tarball,
-MNIST idx files and demo:shapes; open_source() detects which one --source is.
+MNIST idx files and the drawn demos; open_source() detects which one --source is.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import PIL.ImageOps
 
 from training.dataset import IMAGE_EXTENSIONS, LABELS_FILE, has_zip_signature, is_hidden
 from training.dataset_tool.config import ToolConfig
-from training.dataset_tool.shapes import SHAPE_CLASSES, render_shapes_scene, sample_shapes_scene
+from training.dataset_tool.shapes import SCENE_SAMPLERS, SHAPE_CLASSES, render_scene, sample_scene
 
 EXIF_ORIENTATION = 0x0112  # EXIF tag of the rotation and mirroring that viewers apply.
 # Largest source image file read; a bigger one (or a zip member whose header claims more) is refused unread.
@@ -100,14 +100,16 @@ class Pixels:
 
 @dataclass(frozen=True)
 class ShapesScene:
-    """Demo image `index` of demo:shapes, drawn at `size` x `size` by the worker."""
+    """Image `index` of the drawn demo named `demo` (demo:shapes, demo:scenes), drawn at `size` x `size` by the
+    worker."""
 
+    demo: str
     index: int
     size: int
 
     def decode(self) -> PIL.Image.Image:
         """Draw the scene."""
-        return render_shapes_scene(self.index, self.size)[0]
+        return render_scene(self.demo, self.index, self.size)[0]
 
 
 @dataclass(frozen=True)
@@ -398,26 +400,27 @@ def open_mnist_source(path: Path) -> Iterator[Source]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# demo:shapes, drawn by training.dataset_tool.shapes.
+# demo:shapes and demo:scenes, drawn by training.dataset_tool.shapes.
 
 DEMO_SHAPES_COUNT = 4096
 DEMO_SHAPES_RESOLUTION = 64  # Used when --resolution is not given.
 
 
 @contextlib.contextmanager
-def open_shapes_demo(cfg: ToolConfig) -> Iterator[Source]:
-    """The procedurally drawn demo:shapes dataset, rendered at --resolution's width (default 64)."""
+def open_drawn_demo(cfg: ToolConfig) -> Iterator[Source]:
+    """The procedurally drawn demo named by --source, rendered at --resolution's width (default 64)."""
+    demo = cfg.source
     size = cfg.resolution[0] if cfg.resolution is not None else DEMO_SHAPES_RESOLUTION
     count = DEMO_SHAPES_COUNT if cfg.max_images is None else min(DEMO_SHAPES_COUNT, cfg.max_images)
 
     items = (
-        SourceItem(f"demo:shapes[{i}]", sample_shapes_scene(i)[1][-1].kind, functools.partial(ShapesScene, i, size))
+        SourceItem(f"{demo}[{i}]", sample_scene(demo, i)[1][-1].kind, functools.partial(ShapesScene, demo, i, size))
         for i in range(count)
     )
-    yield Source(f"demo:shapes ({', '.join(SHAPE_CLASSES)}; {size}x{size})", count, True, items)
+    yield Source(f"{demo} ({', '.join(SHAPE_CLASSES)}; {size}x{size})", count, True, items)
 
 
-DEMO_SOURCES = {"demo:shapes": open_shapes_demo}
+DEMO_SOURCES = dict.fromkeys(SCENE_SAMPLERS, open_drawn_demo)
 
 
 def open_source(cfg: ToolConfig) -> contextlib.AbstractContextManager[Source]:
