@@ -4,12 +4,16 @@ import ast
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
 
 import pytest
+from click.testing import CliRunner
 from helpers import ROOT
+
+import train
 
 
 def _quick_start_commands() -> list[str]:
@@ -25,6 +29,19 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci_lines, "`.ci/run` must run the README's test command verbatim"
     assert "ruff check ." in ci_lines
+
+
+def test_readme_first_command_trains_what_the_readme_says(tmp_path, demo_shapes):
+    """The quick start's train.py options parse as today's CLI reads them (a --dry-run on a small demo:shapes
+    zip of the same size), with the settings its paragraph describes."""
+    [train_command] = [part for part in _quick_start_commands()[0].split(" && ") if "train.py" in part]
+    args = shlex.split(train_command)[2:]
+    args = [arg for arg in args if not arg.startswith(("--outdir=", "--data="))]
+    data = demo_shapes(32)
+    result = CliRunner().invoke(train.main, [*args, f"--outdir={tmp_path}", f"--data={data}", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for setting in ('"cmax": 32', '"aug": "noaug"', '"gamma": 0.0128', '"total_kimg": 80', '"metrics": []'):
+        assert setting in result.output, setting
 
 
 def test_runtime_dependencies():
