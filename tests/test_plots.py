@@ -44,6 +44,15 @@ def test_series_and_panels_from_the_logs(tmp_path):
         assert image.size == (960, 256)  # One row of two panels at 80 dpi.
 
 
+def test_augmentation_panel_only_when_the_run_augments(tmp_path):
+    (tmp_path / "stats.jsonl").write_text(_tick(0.0, **{"Loss/G/loss": 2.0, "Progress/augment": 0.0}))
+    assert plots.write_progress(str(tmp_path)) == ["Losses", "Augmentation probability"]  # Options unknown.
+    (tmp_path / "training_options.json").write_text(json.dumps({"aug": "ada"}))
+    assert plots.write_progress(str(tmp_path)) == ["Losses", "Augmentation probability"]
+    (tmp_path / "training_options.json").write_text(json.dumps({"aug": "noaug"}))
+    assert plots.write_progress(str(tmp_path)) == ["Losses"]
+
+
 def test_nothing_to_plot_is_a_sentence(tmp_path):
     result = CliRunner().invoke(plots.main, [str(tmp_path)])
     assert result.exit_code == 1 and "nothing to plot" in result.output.lower()

@@ -1,16 +1,17 @@
 """progress.png: a run's health at a glance, drawn from its stats.jsonl and metric-*.jsonl with matplotlib.
 
 Panels, each over kimg, drawn when the run has the statistics: G and D losses, the R1 and path length penalties,
-the augmentation probability, seconds per kimg, and one panel per metric. The training loop redraws it with
-every snapshot; for any run directory (a finished one, another machine's, a run still going):
+the augmentation probability (unless --aug=noaug), seconds per kimg, and one panel per metric. The training loop
+redraws it with every snapshot; for any run directory (a finished one, another machine's, a run still going):
 
-    python -m training.plots runs/00000-stylegan2-shapes-32-gpus1-batch16-gamma0.05
+    python -m training.plots runs/00000-stylegan2-shapes-32-gpus1-batch16-gamma0.0128
 """
 
 from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,16 @@ STAT_PANELS: dict[str, list[tuple[str, str]]] = {
     "Augmentation probability": [("Progress/augment", "p")],
     "Speed (s/kimg)": [("Timing/sec_per_kimg", "s/kimg")],
 }
+AUGMENT_PANEL = "Augmentation probability"  # Left out for a run with --aug=noaug.
+
+
+def run_option(run_dir: str, name: str) -> Any:
+    """Option `name` of the run's training_options.json; None when the file or the option is missing or unreadable."""
+    try:
+        with open(os.path.join(run_dir, "training_options.json")) as f:
+            return json.load(f).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def stat_series(ticks: Iterable[dict[str, Any]], name: str) -> tuple[list[float], list[float]]:
@@ -65,6 +76,8 @@ def write_progress(run_dir: str, output: str | None = None) -> list[str]:
     ticks = read_jsonl(stats_path) if os.path.isfile(stats_path) else []
     panels = []  # (title, [(label, xs, ys)])
     for title, lines in STAT_PANELS.items():
+        if title == AUGMENT_PANEL and run_option(run_dir, "aug") == "noaug":
+            continue  # A p of 0 throughout says nothing; the panel's place goes to the metrics.
         drawn = [(label, *stat_series(ticks, name)) for name, label in lines]
         drawn = [(label, xs, ys) for label, xs, ys in drawn if xs]
         if drawn:
