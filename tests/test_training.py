@@ -78,9 +78,10 @@ def test_two_tick_run_writes_every_file_and_renders(tmp_path, data):
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert [s["Progress/tick"]["mean"] for s in stats] == [0, 1, 2]
     assert stats[-1]["Progress/kimg"]["mean"] == 1.0 and "Loss/G/loss" in stats[-1]
-    # progress.png from this real stats.jsonl: every panel the run has numbers for (no metrics: --metrics=none).
+    # progress.png from this real stats.jsonl: every panel the run has numbers for (no metrics: --metrics=none;
+    # no augmentation panel: --aug=noaug).
     titles = plots.write_progress(str(run_dir), output=str(tmp_path / "progress.png"))
-    assert titles == ["Losses", "Regularization", "Augmentation probability", "Speed (s/kimg)"]
+    assert titles == ["Losses", "Regularization", "Speed (s/kimg)"]
     with PIL.Image.open(tmp_path / "progress.png") as image:
         assert image.size == (960, 512)  # 2 columns x 2 rows of panels at 80 dpi.
 
