@@ -21,14 +21,14 @@ import click
 import dnnlib
 from training.run_log import read_jsonl, snapshot_kimg
 
+AUGMENT_PANEL = "Augmentation probability"  # Left out for a run with --aug=noaug.
 # Panel title -> (statistic in stats.jsonl, legend label) of each line it draws.
 STAT_PANELS: dict[str, list[tuple[str, str]]] = {
     "Losses": [("Loss/G/loss", "G"), ("Loss/D/loss", "D")],
     "Regularization": [("Loss/r1_penalty", "R1 penalty"), ("Loss/pl_penalty", "path length penalty")],
-    "Augmentation probability": [("Progress/augment", "p")],
+    AUGMENT_PANEL: [("Progress/augment", "p")],
     "Speed (s/kimg)": [("Timing/sec_per_kimg", "s/kimg")],
 }
-AUGMENT_PANEL = "Augmentation probability"  # Left out for a run with --aug=noaug.
 
 
 def run_option(run_dir: str, name: str) -> Any:

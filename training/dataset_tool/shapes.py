@@ -36,6 +36,9 @@ class Shape:
     color: tuple[int, int, int]
 
 
+Scene = tuple[tuple[int, int, int], list[Shape]]  # The background colour and the shapes, the labelled one last.
+
+
 class SceneRandom:
     """Random numbers for one demo image, built only on random.Random.random().
 
@@ -63,18 +66,17 @@ class SceneRandom:
         return (255 - far_from[0], 255 - far_from[1], 255 - far_from[2])
 
 
-def sample_centred_shape(index: int) -> tuple[tuple[int, int, int], list[Shape]]:
+def sample_centred_shape(index: int) -> Scene:
     """demo:shapes image `index`: the background colour and one large shape near the centre, fully inside."""
     rng = SceneRandom(index)
     background = rng.color()
     radius = rng.uniform(0.22, 0.34)
-    jitter = CENTRE_JITTER
-    center = (0.5 + rng.uniform(-jitter, jitter), 0.5 + rng.uniform(-jitter, jitter))
+    center = (0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER), 0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER))
     shape = Shape(rng.below(len(SHAPE_CLASSES)), center, radius, rng.uniform(0, 2 * math.pi), rng.color(background))
     return background, [shape]
 
 
-def sample_scattered_scene(index: int) -> tuple[tuple[int, int, int], list[Shape]]:
+def sample_scattered_scene(index: int) -> Scene:
     """demo:scenes image `index`: the background colour and the shapes; the last shape is the labelled one."""
     rng = SceneRandom(index)
     background = rng.color()
@@ -98,11 +100,11 @@ def sample_scattered_scene(index: int) -> tuple[tuple[int, int, int], list[Shape
     return background, shapes
 
 
-SceneSampler = Callable[[int], tuple[tuple[int, int, int], list[Shape]]]
+SceneSampler = Callable[[int], Scene]
 SCENE_SAMPLERS: dict[str, SceneSampler] = {"demo:shapes": sample_centred_shape, "demo:scenes": sample_scattered_scene}
 
 
-def sample_scene(demo: str, index: int) -> tuple[tuple[int, int, int], list[Shape]]:
+def sample_scene(demo: str, index: int) -> Scene:
     """Image `index` of the demo named `demo` (a key of SCENE_SAMPLERS): its background and its shapes."""
     return SCENE_SAMPLERS[demo](index)
 
