@@ -11,16 +11,18 @@ import torch
 
 import dnnlib
 import metrics
+from dnnlib.util import bool_option
 from torch_utils import distributed
 from training import checkpoint
 from training.dataset import DatasetError, ImageFolderDataset
+from training.inference import load_network, network_option
 
 
 @dataclasses.dataclass
 class MetricsConfig:
     """Everything the metric processes need; built and checked once in the launching process."""
 
-    network_pkl: str  # Snapshot pickle path or URL.
+    network_pkl: str  # Snapshot pickle path or URL (a --network run directory's newest snapshot).
     metric_names: list[str]  # Registered metric names, in the order given.
     dataset_kwargs: dict | None  # ImageFolderDataset arguments; None when no metric needs a dataset.
     run_dir: str | None  # Where metric-<name>.jsonl goes; None prints the results.
@@ -89,20 +91,17 @@ def build_config(opts: dnnlib.EasyDict) -> MetricsConfig:
     names = parse_metric_names(opts.metrics)
     if (problem := distributed.process_count_error(opts.gpus)) is not None:
         raise click.ClickException(problem)
-    try:
-        snapshot = checkpoint.load_snapshot(opts.network)
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"--network={opts.network}: {error}") from None
+    network_pkl, snapshot = load_network(opts.network)
     G = snapshot["G_ema"]
     try:
         metrics.check_metrics_available(names, detector_dir=opts.detector_dir, G=G)
     except metrics.MetricError as error:
         raise click.ClickException(str(error)) from None
-    run_dir = run_dir_of(opts.network)
+    run_dir = run_dir_of(network_pkl)
     needs_data = G.c_dim > 0 or any(metrics.get_metric(name).uses_reals for name in names)
     dataset_kwargs = resolve_dataset_kwargs(snapshot, run_dir, opts.data, opts.mirror, G) if needs_data else None
     return MetricsConfig(
-        network_pkl=opts.network,
+        network_pkl=network_pkl,
         metric_names=names,
         dataset_kwargs=dataset_kwargs,
         run_dir=run_dir,
@@ -153,7 +152,7 @@ def run(c: MetricsConfig) -> None:
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
-@click.option("--network", metavar="PKL|URL", required=True, help="Network snapshot pickle.")
+@network_option()
 @click.option(
     "--metrics",
     metavar="LIST",
@@ -162,9 +161,9 @@ def run(c: MetricsConfig) -> None:
     help=f"Comma-separated metrics: {', '.join(metrics.list_metrics())}.",
 )
 @click.option("--data", metavar="[ZIP|DIR]", help="Dataset to compare against  [default: the snapshot's].")
-@click.option("--mirror", metavar="BOOL", type=bool, help="Include x-flipped reals  [default: the snapshot's].")
+@bool_option("--mirror", help="Include x-flipped reals  [default: the snapshot's].")
 @click.option("--gpus", metavar="INT", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
-@click.option("--verbose", metavar="BOOL", type=bool, default=True, show_default=True, help="Show progress.")
+@bool_option("--verbose", default=True, show_default=True, help="Show progress.")
 @click.option(
     "--detector-dir",
     metavar="DIR",
@@ -212,6 +211,9 @@ def main(**kwargs) -> None:
     \b
     python calc_metrics.py --metrics=fid50k_full,kid50k_full \\
         --network=runs/00000-stylegan3-t-ffhq-gpus8-batch32-gamma8.2/network-snapshot-000400.pkl
+    \b
+    # The newest snapshot of a run:
+    python calc_metrics.py --metrics=fid50k_full --network=runs/00000-stylegan3-t-ffhq-gpus8-batch32-gamma8.2
     \b
     # Against another dataset, with 2 GPUs:
     python calc_metrics.py --metrics=pr50k3_full --network=sg2.pkl --data=datasets/ffhq-256.zip --mirror=1 --gpus=2

@@ -12,7 +12,7 @@ import torch
 import dnnlib
 from dnnlib.util import FiniteFloatRange
 from torch_utils import images
-from training.inference import check_scale, class_labels, load_generator, set_input_transform
+from training.inference import check_scale, class_labels, load_generator, network_option, set_input_transform
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -30,7 +30,7 @@ def save_png(array: np.ndarray, path: str) -> None:
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
-@click.option("--network", "network_pkl", metavar="PATH|URL", required=True, help="Network snapshot pickle.")
+@network_option("network_pkl")
 @click.option("--seeds", metavar="LIST", type=dnnlib.util.parse_range, required=True, help="Seeds, e.g. '0,1,4-6'.")
 @click.option(
     "--trunc",
@@ -80,6 +80,9 @@ def main(
     \b
     python gen_images.py --network=runs/00000-stylegan2-shapes-32-gpus1-batch16-gamma0.05/network-snapshot-000004.pkl \\
         --seeds=0-9 --trunc=0.7 --outdir=out
+    \b
+    # A run directory means its newest network-snapshot-*.pkl.
+    python gen_images.py --network=runs/00000-stylegan2-shapes-32-gpus1-batch16-gamma0.05 --seeds=0-9 --outdir=out
     \b
     # StyleGAN3: shift by a quarter of the image width and rotate by 10 degrees.
     python gen_images.py --network=sg3.pkl --seeds=0 --translate=0.25,0 --rotate=10 --outdir=out

@@ -13,7 +13,7 @@ from tqdm import tqdm
 import dnnlib
 from dnnlib.util import FiniteFloatRange
 from torch_utils import images
-from training.inference import class_labels, load_generator, parse_grid
+from training.inference import class_labels, load_generator, network_option, parse_grid
 
 
 def keyframe_seeds(
@@ -99,7 +99,7 @@ def open_writer(path: str, fps: int):
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
-@click.option("--network", "network_pkl", metavar="PATH|URL", required=True, help="Network snapshot pickle.")
+@network_option("network_pkl")
 @click.option("--seeds", metavar="LIST", type=dnnlib.util.parse_range, required=True, help="Seeds, e.g. '0-31'.")
 @click.option(
     "--grid",

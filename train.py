@@ -9,7 +9,7 @@ import torch
 
 import dnnlib
 import metrics
-from dnnlib.util import FiniteFloatRange
+from dnnlib.util import FiniteFloatRange, bool_option
 from torch_utils import distributed
 from training import checkpoint, preemption, runs, training_loop
 from training.config import (
@@ -116,7 +116,10 @@ def check_metrics(c: TrainingConfig, download: bool = True) -> None:
         metrics.check_metrics_available(c.metrics, detector_dir=c.detector_dir, download=download)
     except metrics.DetectorUnavailableError as error:
         if download:
-            raise click.ClickException(f"--metrics={','.join(c.metrics)}: {error}") from None
+            raise click.ClickException(
+                f"--metrics={','.join(c.metrics)}: {error}\nOr train without them: --metrics=swd needs no download, "
+                f"and --metrics=none measures nothing (calc_metrics.py can measure the snapshots later)."
+            ) from None
         distributed.print0(f"Note: --metrics={','.join(c.metrics)} needs detector files a real run would download:")
         distributed.print0(f"  {error}")
     except metrics.MetricError as error:
@@ -164,8 +167,13 @@ class BatchGpuParam(OrAuto, click.IntRange):
     """--batch-gpu: an integer in range, or 'auto'."""
 
 
-def print_config(c: TrainingConfig) -> None:
-    """Print the configuration and where the run will go (rank 0)."""
+def print_config(c: TrainingConfig, dataset_info: dict) -> None:
+    """Print the configuration and where the run will go (rank 0), and warn about a dataset smaller than a batch.
+
+    Args:
+        dataset_info: `inspect_dataset(c.data, c.cond)`.
+    """
+    num_images, resolution = dataset_info["num_images"], dataset_info["resolution"]
     distributed.print0()
     distributed.print0("Training options:")
     distributed.print0(c.to_json())
@@ -180,12 +188,17 @@ def print_config(c: TrainingConfig) -> None:
         split = f"--batch-gpu=auto: at most {c.batch_gpu} per GPU, chosen at the start"
     distributed.print0(f"Batch size:          {c.batch_size} images ({split})")
     distributed.print0(f"Training duration:   {c.total_kimg:g} kimg")
-    distributed.print0(f"Dataset path:        {c.data}")
+    distributed.print0(f"Dataset path:        {c.data} ({num_images} images, {resolution}x{resolution})")
     distributed.print0(f"Conditional model:   {c.cond}")
     distributed.print0(f"Dataset x-flips:     {c.mirror}")
     distributed.print0(f"Metrics:             {', '.join(c.metrics) or 'none'}")
     if c.metrics and not torch.cuda.is_available():
         distributed.print0("Note: no GPU, so each snapshot's metrics will take long; --metrics=none skips them.")
+    if num_images < c.batch_size:
+        distributed.print0(
+            f"Warning: the dataset has {num_images} images, fewer than --batch={c.batch_size}, so every batch repeats "
+            f"some of them; add images or lower --batch."
+        )
     distributed.print0()
 
 
@@ -220,6 +233,11 @@ def train_process(c: TrainingConfig) -> None:
         if distributed.is_main() or isinstance(error, distributed.RankTimeout):  # The others would say the same.
             click.echo(f"Error: {error}", err=True)
         sys.exit(1)
+    except RuntimeError as error:
+        if not training_loop.is_worker_death(error):
+            raise
+        click.echo(f"Error: {training_loop.describe_worker_death(error, c)}", err=True)
+        sys.exit(1)
 
 
 @click.command(context_settings=dict(terminal_width=120, max_content_width=120))
@@ -232,7 +250,7 @@ def train_process(c: TrainingConfig) -> None:
     required=True,
     help=f"Base configuration: {', '.join(PRESETS)}.",
 )
-@click.option("--data", metavar="[ZIP|DIR]", required=True, help="Training data, made by dataset_tool.py.")
+@click.option("--data", metavar="ZIP|DIR", required=True, help="Training data, made by dataset_tool.py.")
 @click.option("--gpus", metavar="INT", type=click.IntRange(min=1), required=True, help="Number of GPUs (processes).")
 @click.option("--batch", metavar="INT", type=click.IntRange(min=1), required=True, help="Total batch size.")
 @click.option(
@@ -243,8 +261,8 @@ def train_process(c: TrainingConfig) -> None:
     help="R1 regularization weight; auto: the published rule of thumb for the resolution (docs/training.md).",
 )
 # Optional features.
-@click.option("--cond", metavar="BOOL", type=bool, default=False, show_default=True, help="Train a conditional model.")
-@click.option("--mirror", metavar="BOOL", type=bool, default=False, show_default=True, help="Enable dataset x-flips.")
+@bool_option("--cond", default=False, show_default=True, help="Train a conditional model.")
+@bool_option("--mirror", default=False, show_default=True, help="Enable dataset x-flips.")
 @click.option(
     "--aug",
     metavar="MODE",
@@ -383,10 +401,8 @@ def train_process(c: TrainingConfig) -> None:
     help="How long processes wait for each other before stopping.",
 )
 @click.option("--seed", metavar="INT", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
-@click.option("--fp32", metavar="BOOL", type=bool, default=False, show_default=True, help="Disable mixed-precision.")
-@click.option(
-    "--nobench", metavar="BOOL", type=bool, default=False, show_default=True, help="Disable cuDNN benchmarking."
-)
+@bool_option("--fp32", default=False, show_default=True, help="Disable mixed-precision.")
+@bool_option("--nobench", default=False, show_default=True, help="Disable cuDNN benchmarking.")
 @click.option(
     "--workers",
     metavar="INT",
@@ -402,10 +418,12 @@ def main(**kwargs) -> None:
     Examples:
 
     \b
-    # Train StyleGAN2 on the built-in demo dataset, on the CPU or one GPU (no metrics: 50k images take long on a CPU).
-    python dataset_tool.py --source=demo:shapes --dest=datasets/shapes-64.zip --resolution=64x64
-    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/shapes-64.zip --gpus=1 --batch=32 \\
-        --gamma=0.8 --metrics=none
+    # A small StyleGAN2 on the built-in 32x32 demo dataset, sized for a CPU (the README's quick start: 80 kimg in
+    # 8-10 minutes on two cores; no metrics, which take minutes per snapshot on a CPU).
+    python dataset_tool.py --source=demo:shapes --dest=datasets/shapes-32.zip --resolution=32x32
+    python train.py --outdir=runs --cfg=stylegan2 --data=datasets/shapes-32.zip --gpus=1 --batch=16 \\
+        --gamma=auto --metrics=none --aug=noaug --cbase=2048 --cmax=32 --map-depth=2 --kimg=80 --tick=4 --snap=4 \\
+        --workers=1
 
     \b
     # CREPS on 8 GPUs with x-flips and FID at every snapshot; continue the newest run after an interruption.
@@ -424,13 +442,19 @@ def main(**kwargs) -> None:
     # Two machines with eight GPUs each (run on every machine).
     torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py \\
         --outdir=runs --cfg=stylegan2 --data=datasets/ffhq-256.zip --gpus=16 --batch=64 --gamma=1
+
+    A BOOL option takes 1 or 0 (also true/false, yes/no, on/off); alone, as in --mirror, it means 1.
     """
     opts = dnnlib.EasyDict(kwargs)
     context = click.get_current_context()
     given = {name for name in kwargs if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     dataset_info = inspect_dataset(opts.data, use_labels=opts.cond)
-    config = build_config(opts, given, dataset_info)
-    print_config(config)
+    try:
+        config = build_config(opts, given, dataset_info)
+    except runs.RunComplete as complete:  # Re-running a finished run: say so, write nothing, succeed.
+        distributed.print0(complete)
+        return
+    print_config(config, dataset_info)
     print_advice(config, dataset_info["resolution"])
     if opts.dry_run:
         distributed.print0("Dry run; exiting.")

@@ -108,6 +108,45 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        """The bounds for --help, e.g. 'x>=0'; empty without bounds (click would show 'x<=None')."""
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
+
+class BoolParamType(click.ParamType):
+    """A yes/no option value: 1/0, true/false, yes/no, on/off, t/f or y/n, in any case.
+
+    Declare options with `bool_option`, so the option may also be given alone (`--fp32` means `--fp32=1`, also just
+    before another option) while the published `--fp32=1` spelling keeps working. Unlike `click.BOOL` it refuses an
+    empty value, and its error lists only what it accepts.
+    """
+
+    name = "boolean"
+    TRUE = ("1", "true", "yes", "on", "t", "y")
+    FALSE = ("0", "false", "no", "off", "f", "n")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in self.TRUE or word in self.FALSE:
+            return word in self.TRUE
+        pairs = ", ".join(f"{yes}/{no}" for yes, no in zip(self.TRUE, self.FALSE, strict=True))
+        self.fail(f"{value!r} is not a yes/no value. Use {pairs} (any case), or the option alone for 1.", param, ctx)
+
+    def __repr__(self) -> str:
+        return "BOOL"
+
+
+BOOL = BoolParamType()
+
+
+def bool_option(*names: str, **kwargs: Any) -> Callable:
+    """A click option of type BOOL that may also be given alone, meaning 1 (`--mirror` = `--mirror=1`)."""
+    return click.option(*names, metavar="BOOL", type=BOOL, is_flag=False, flag_value=True, **kwargs)
+
 
 # ----------------------------------------------------------------------------
 # Atomic writes. Every file the toolkit writes (snapshots, training states, logs rewritten on resume, image grids,
@@ -341,9 +380,9 @@ def open_url(
 def _download(url: str, cache_path: str, num_attempts: int, verbose: bool, timeout_s: float) -> bytes:
     """Fetch `url` into memory, retrying; on failure raise a DownloadError that explains the manual fix."""
     last_error: Exception | None = None
-    for attempt in range(num_attempts):
-        if verbose:
-            print(f"Downloading {url} ...", flush=True)
+    if verbose:
+        print(f"Downloading {url} ...", flush=True)
+    for attempt in range(1, num_attempts + 1):
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 return response.read()
@@ -353,10 +392,15 @@ def _download(url: str, cache_path: str, num_attempts: int, verbose: bool, timeo
                 break  # A client error (404, 403) will not go away by retrying.
         except (urllib.error.URLError, OSError) as error:
             last_error = error
-        if attempt + 1 < num_attempts:
-            time.sleep(min(2**attempt, 10))
+        if attempt < num_attempts:
+            delay_s = min(2 ** (attempt - 1), 10)
+            if verbose:
+                message = f"  Attempt {attempt} of {num_attempts} failed: {last_error}; retrying in {delay_s} s."
+                print(message, flush=True)
+            time.sleep(delay_s)
+    tries = f" after {attempt} attempts" if attempt > 1 else ""
     raise DownloadError(
-        f"Could not download '{url}' ({last_error}).\n"
+        f"Could not download '{url}'{tries} ({last_error}).\n"
         f"No cached copy at '{cache_path}'.\n"
         f"If this machine is offline, download the file elsewhere and copy it to exactly that path "
         f"(or set $DNNLIB_CACHE_DIR to another cache folder that holds 'downloads/{os.path.basename(cache_path)}')."

@@ -26,7 +26,7 @@ import dnnlib
 from metrics import detectors
 from metrics.detectors import DetectorSpec
 from metrics.registry import MetricError
-from torch_utils import distributed
+from torch_utils import distributed, stop_signals
 from torch_utils.images import to_uint8
 
 CACHE_VERSION = 1  # Bump when the layout or meaning of cached statistics changes.
@@ -184,8 +184,10 @@ def real_batches(ctx: MetricContext, dataset: RealDataset, indices: np.ndarray) 
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=stop_signals.worker_init_fn(),  # A stop signal to the whole group is the trainer's to handle.
     )
-    for chunk, (images, _labels) in zip(split_batches(positions, ctx.batch_size), loader, strict=True):
+    batches = stop_signals.loader_batches(loader)
+    for chunk, (images, _labels) in zip(split_batches(positions, ctx.batch_size), batches, strict=True):
         images = images.to(ctx.device)
         yield chunk, images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
 

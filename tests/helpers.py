@@ -5,6 +5,8 @@ conftest.py."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,22 @@ def tiny(**changes: object) -> list[str]:
 
 
 TINY = tiny()
+
+
+def readme_quick_start() -> list[str]:
+    """The commands of the README's quick start, in order (each one line)."""
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return [command.strip() for command in re.findall(r"```bash\n(.+?)\n *```", section, re.S)]
+
+
+def quick_start_options(**changes: object) -> list[str]:
+    """The train.py options of the README's quick start without --outdir and --data; `changes` replace or add
+    options as in `tiny`."""
+    [command] = [part for part in readme_quick_start()[0].split(" && ") if "train.py" in part]
+    options = dict(arg[2:].split("=", 1) for arg in shlex.split(command)[2:])
+    options = {name.replace("-", "_"): value for name, value in options.items() if name not in ("outdir", "data")}
+    options.update(changes)
+    return [f"--{name.replace('_', '-')}={value}" for name, value in options.items() if value is not None]
 
 
 def script_env(**extra: str) -> dict[str, str]:

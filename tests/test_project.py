@@ -11,19 +11,13 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT
+from helpers import ROOT, readme_quick_start
 
 import train
 
 
-def _quick_start_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return [c.strip() for c in re.findall(r"```bash\n(.+?)\n *```", section, re.S)]
-
-
 def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second():
-    commands = _quick_start_commands()
+    commands = readme_quick_start()
     assert len(commands) == 2, commands
     assert all("\n" not in command for command in commands), "each quick-start command is one line"
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
@@ -34,7 +28,7 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second():
 def test_readme_first_command_trains_what_the_readme_says(tmp_path, demo_shapes):
     """The quick start's train.py options parse as today's CLI reads them (a --dry-run on a small demo:shapes
     zip of the same size), with the settings its paragraph describes."""
-    [train_command] = [part for part in _quick_start_commands()[0].split(" && ") if "train.py" in part]
+    [train_command] = [part for part in readme_quick_start()[0].split(" && ") if "train.py" in part]
     args = shlex.split(train_command)[2:]
     args = [arg for arg in args if not arg.startswith(("--outdir=", "--data="))]
     data = demo_shapes(32)

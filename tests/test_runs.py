@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint, runs
+from training import checkpoint, legacy, run_log, runs
 from training.config import ConfigError, TrainingConfig
 
 
@@ -51,7 +51,7 @@ def test_a_new_run_is_numbered_after_the_existing_ones_and_gets_its_options(tmp_
     assert c.run_dir == expected and os.path.isdir(expected)
     with open(os.path.join(c.run_dir, "training_options.json")) as f:
         assert TrainingConfig.from_dict(json.load(f)) == c
-    assert runs.newest_snapshot(c.run_dir) is None
+    assert legacy.newest_snapshot(c.run_dir) is None
 
 
 def test_latest_is_the_highest_numbered_run_with_a_training_state(tmp_path):
@@ -83,6 +83,11 @@ def test_what_each_resume_value_becomes(tmp_path, capsys):
 
 def test_continuing_refuses_changed_options_and_a_run_without_a_state(tmp_path):
     run_dir = make_run(tmp_path, 0)
+    state = checkpoint.state_path(run_dir, 0)
+    with pytest.raises(
+        ConfigError, match=f"is a training state: to continue its run exactly, pass .*--resume={run_dir} "
+    ):
+        runs.resolve_resume(config(tmp_path, resume=state))
     with pytest.raises(ConfigError, match=r"these options differ .* \(cmax: 8 -> 16, seed: 0 -> 1\)"):
         runs.resolve_resume(config(tmp_path, resume=run_dir, cmax=16, seed=1))
     empty = make_run(tmp_path, 1, with_state=False)
@@ -114,3 +119,37 @@ def test_the_transfer_report_goes_by_layer_block():
     copied = names[:4]
     expected = "all of mapping, synthesis.b4; 1 of 2 of synthesis.b8; none of synthesis.b16"
     assert runs.describe_transfer(names, copied) == expected
+
+
+def test_a_snapshot_never_replaces_another(tmp_path):
+    run_dir = str(tmp_path)
+    assert checkpoint.new_snapshot_path(run_dir, 84016) == str(tmp_path / "network-snapshot-000084.pkl")
+    (tmp_path / "network-snapshot-000084.pkl").write_bytes(b"first")
+    second = checkpoint.new_snapshot_path(run_dir, 84500)
+    assert second == str(tmp_path / "network-snapshot-000084_500.pkl")
+    (tmp_path / "network-snapshot-000084_500.pkl").write_bytes(b"second")
+    (tmp_path / "network-snapshot-000009.pkl").write_bytes(b"older")
+    # Names sort by kimg, and the newest is the one with the most images.
+    assert legacy.newest_snapshot(run_dir) == second
+    assert sorted(os.listdir(run_dir)) == [f"network-snapshot-{k}.pkl" for k in ("000009", "000084", "000084_500")]
+    assert [run_log.snapshot_file_kimg(name) for name in sorted(os.listdir(run_dir))] == [9, 84, 84.5]
+    assert run_log.snapshot_file_kimg("training-state-000084.pt") is None
+
+
+def test_continuing_a_finished_run_is_refused_before_anything_is_written(tmp_path):
+    run_dir = make_run(tmp_path, 0, total_kimg=0.02)
+    checkpoint.save_state(checkpoint.state_path(run_dir, 0), {"progress": {"cur_nimg": 20, "cur_tick": 1}})
+    with pytest.raises(runs.RunComplete, match=r"is complete: it has trained 0.02 kimg of --kimg=0.02 .*--kimg=2\)"):
+        runs.resolve_resume(config(tmp_path, resume="latest", total_kimg=0.02))
+    continued = runs.resolve_resume(config(tmp_path, resume="latest", total_kimg=0.04))
+    assert continued.resume_state == checkpoint.state_path(run_dir, 0)
+
+
+def test_resuming_drops_the_metrics_of_snapshots_after_the_state(tmp_path):
+    lines = [{"snapshot_pkl": f"network-snapshot-{name}.pkl"} for name in ("000084", "000084_500", "000088")]
+    (tmp_path / "metric-swd.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    notes = run_log.drop_entries_after(str(tmp_path), cur_tick=99, kimg=84.016)
+    assert notes == [
+        "metric-swd.jsonl: dropped 2 lines (snapshots after 84.016 kimg), logged after the state continued from"
+    ]
+    assert (tmp_path / "metric-swd.jsonl").read_text() == json.dumps(lines[0]) + "\n"

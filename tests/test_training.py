@@ -417,3 +417,30 @@ def test_fixed_augmentation_is_applied_logged_and_saved(tmp_path, data):
         snapshot = pickle.load(f)
     assert float(snapshot["augment_pipe"].p) == pytest.approx(0.3)
     assert snapshot["training_set_kwargs"]["xflip"] is True  # --mirror=1 doubles the dataset with x-flips.
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_writes_nothing_and_no_snapshot_is_replaced(tmp_path, data):
+    outdir = tmp_path / "runs"
+    args = [f"--outdir={outdir}", f"--data={data}", *TINY, "--gpus=1", "--batch=4", "--tick=1", "--workers=0"]
+    run_script("train.py", *args, "--kimg=0.02", cwd=tmp_path)
+    [run_dir] = run_dirs(outdir)
+    # Tick 0's snapshot (4 images) and the final one (20) fall in the same kimg: the second gets a name of its own.
+    first, final = run_dir / "network-snapshot-000000.pkl", run_dir / "network-snapshot-000000_020.pkl"
+    assert sorted(run_dir.glob("network-snapshot-*.pkl")) == [first, final]
+    assert first.read_bytes() != final.read_bytes() and (run_dir / "fakes000000_020.png").is_file()
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()}
+
+    # The same command again, as a requeued job runs it: the run is complete, nothing is written, status 0.
+    for resume in ["latest", str(run_dir)]:
+        out = run_script("train.py", *args, "--kimg=0.02", f"--resume={resume}", cwd=tmp_path).stdout
+        assert f"{run_dir} is complete: it has trained 0.02 kimg of --kimg=0.02 (--kimg is the total" in out, out
+        assert "raise --kimg" in out and "Training for" not in out, out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()} == before
+    assert run_dirs(outdir) == [run_dir]
+
+    # Raising --kimg trains further; the earlier snapshots stay as they were.
+    out = run_script("train.py", *args, "--kimg=0.04", "--resume=latest", cwd=tmp_path).stdout
+    assert "Training for 0.04 kimg from 0.02 kimg" in out, out
+    assert first.read_bytes() == before[first.name][1] and final.read_bytes() == before[final.name][1]
+    assert (run_dir / "network-snapshot-000000_040.pkl").is_file()

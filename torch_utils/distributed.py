@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+from torch_utils import stop_signals
 
 DEFAULT_TIMEOUT_SEC = 600.0  # How long a collective waits for a rank that stopped answering.
 _TIMED_OUT_KEY = "ganforge/timed-out/"  # + rank: set in the rendezvous store by a rank whose collective timed out.
@@ -46,7 +49,9 @@ def init(backend: str | None = None, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -
     if backend == "nccl":
         torch.cuda.set_device(get_local_rank())
     timeout = datetime.timedelta(seconds=timeout_sec)
-    with main_thread_signals_only():
+    # The backends' network and worker threads start with the stop signals blocked, so a signal meant for the training
+    # loop's handler (training.preemption) never interrupts a socket call in the middle of a collective.
+    with stop_signals.blocked():
         torch.distributed.init_process_group(backend=backend, init_method="env://", timeout=timeout)
         _Job.control_group = torch.distributed.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
         # Short store timeout: if the store's host (rank 0) is the rank that stopped, naming it must not take as long.
@@ -57,25 +62,6 @@ def init(backend: str | None = None, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -
             timeout=datetime.timedelta(seconds=min(timeout_sec, 30)),
         )
     _Job.timeout_sec = timeout_sec
-
-
-@contextlib.contextmanager
-def main_thread_signals_only() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in the threads started inside (the backends' network and worker threads inherit
-    the mask); this thread's mask is restored on leaving.
-
-    A stop signal is meant for the training loop's handler (training.preemption), which Python runs on the main
-    thread. Blocked in the communication threads, it is never delivered to one of them, where it could interrupt a
-    socket call in the middle of a collective.
-    """
-    if not hasattr(signal, "pthread_sigmask"):  # Not on Windows; nothing to protect there.
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def agree(flags: list[bool]) -> list[bool]:
@@ -306,15 +292,33 @@ def launch(fn: Callable[..., Any], args: tuple, num_processes: int, timeout_sec:
     def forward(signum: int, frame: Any) -> None:
         for process in context.processes:
             if process.is_alive():
-                os.kill(process.pid, signum)
+                with contextlib.suppress(ProcessLookupError):  # It ended just now.
+                    os.kill(process.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in stop_signals.STOP_SIGNALS}
     try:
-        while not context.join():
-            pass
+        _join(context)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _join(context: Any) -> None:
+    """Wait for the processes of a `start_processes` context; raise as its `join` does when one failed.
+
+    A process that ended with a stop status (a stop signal, after saving: stop_signals.STOP_STATUSES) lets the others
+    end on their own, since they are stopping too; any other failure ends the rest at once (torch's `join`).
+    """
+    while True:
+        processes = context.processes
+        codes = [p.exitcode for p in processes]
+        failed = any(code not in (None, 0) and code not in stop_signals.STOP_STATUSES for code in codes)
+        if failed or all(code is not None for code in codes):
+            while not context.join():  # Raises for the first failed process (after ending the others, if any).
+                pass
+            return
+        # From the same look as `codes`: one that ends meanwhile is still waited for, and its sentinel is ready.
+        multiprocessing.connection.wait([p.sentinel for p, code in zip(processes, codes, strict=True) if code is None])
 
 
 def _spawned_worker(

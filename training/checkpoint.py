@@ -16,7 +16,6 @@ import copy
 import glob
 import os
 import pickle
-import re
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ import torch
 # Re-exported: the training loop writes run-directory files through this module.
 from dnnlib.util import WriteError as WriteError
 from dnnlib.util import atomic_write as atomic_write
-from training import legacy
+from training import legacy, run_log
 
 STATE_VERSION = 1  # Bump when the layout of training states changes.
 KEEP_STATES = 2  # Training states kept per run; older ones are deleted once a newer one is complete.
@@ -33,6 +32,22 @@ KEEP_STATES = 2  # Training states kept per run; older ones are deleted once a n
 def snapshot_path(run_dir: str, kimg: int) -> str:
     """`run_dir/network-snapshot-KKKKKK.pkl`."""
     return os.path.join(run_dir, f"network-snapshot-{kimg:06d}.pkl")
+
+
+def new_snapshot_path(run_dir: str, cur_nimg: int) -> str:
+    """The path of the snapshot taken at `cur_nimg` images, chosen so that no snapshot is ever replaced.
+
+    The name is the whole kimg, as published (network-snapshot-000084.pkl). When that file exists (a second snapshot
+    within one kimg: ticks shorter than 1 kimg, or a --kimg that ends a tick early), the images past the whole kimg
+    follow: network-snapshot-000084_500.pkl at 84500 images, which sorts after the first. If even that exists, it is
+    a snapshot of the same image count from an earlier session of the run; its path is returned, and the caller keeps
+    the file as it is.
+    """
+    kimg, extra_nimg = divmod(cur_nimg, 1000)
+    whole = snapshot_path(run_dir, kimg)
+    if not os.path.exists(whole):
+        return whole
+    return os.path.join(run_dir, f"network-snapshot-{kimg:06d}_{extra_nimg:03d}.pkl")
 
 
 def state_path(run_dir: str, kimg: int) -> str:
@@ -93,12 +108,22 @@ def save_state(path: str, state: dict[str, Any]) -> None:
             torch.save(state, f)
         except RuntimeError as error:
             # torch.save reports a failed write of its zip container as a RuntimeError ("[enforce fail at
-            # inline_container.cc] ... file write failed"); atomic_write turns an OSError into a WriteError.
+            # inline_container.cc] ... file write failed"); atomic_write turns an OSError into a WriteError. Any
+            # other RuntimeError (a DataLoader worker's death, reported wherever this process happens to be) is not
+            # the disk's fault and goes on as it is.
+            if not is_write_failure(error):
+                raise
             raise OSError(f"torch.save failed: {str(error).splitlines()[0]}") from error
 
     atomic_write(path, write)
     for old in list_states(os.path.dirname(path))[:-KEEP_STATES]:
         os.remove(old)
+
+
+def is_write_failure(error: RuntimeError) -> bool:
+    """Whether a RuntimeError of torch.save is its zip writer failing to write (disk full, file system gone)."""
+    text = str(error)
+    return "PytorchStreamWriter" in text or "inline_container" in text or "file write failed" in text
 
 
 def load_state(path: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -116,12 +141,12 @@ def load_state(path: str, map_location: str | torch.device = "cpu", mmap: bool =
 def list_states(run_dir: str) -> list[str]:
     """The training states of a run, oldest first."""
     paths = glob.glob(os.path.join(run_dir, "training-state-*.pt"))
-    return sorted(p for p in paths if re.fullmatch(r"training-state-\d+\.pt", os.path.basename(p)))
+    return sorted(p for p in paths if run_log.STATE_NAME.fullmatch(os.path.basename(p)))
 
 
 def state_next_to_snapshot(pkl_path: str) -> str | None:
     """The training state written with a local snapshot pickle, if it is still there."""
-    match = re.fullmatch(r"network-snapshot-(\d+)\.pkl", os.path.basename(pkl_path))
+    match = run_log.SNAPSHOT_NAME.fullmatch(os.path.basename(pkl_path))
     if match is None or not os.path.isfile(pkl_path):
         return None
     candidate = os.path.join(os.path.dirname(pkl_path), f"training-state-{match.group(1)}.pt")

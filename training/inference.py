@@ -1,23 +1,50 @@
-"""What the tools that render a snapshot share (gen_images.py, gen_video.py, calc_metrics.py): loading G, class
-labels, grid and view options, and refusing options the network cannot honour, each as a click error that names the
-option."""
+"""What the tools that render a snapshot share (gen_images.py, gen_video.py, calc_metrics.py): what --network names
+and loading G, class labels, grid and view options, and refusing options the network cannot honour, each as a click
+error that names the option."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import click
 import torch
 
 from torch_utils.alias_free import make_transform
-from training import checkpoint
+from training import checkpoint, legacy
+
+
+def resolve_network(network: str, option: str = "--network") -> str:
+    """The snapshot path or URL that an option's value names: a run directory means its newest snapshot, which is
+    said in one line (`legacy.resolve_network`); a directory without one raises click.ClickException."""
+    try:
+        path, note = legacy.resolve_network(network)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"{option}={network}: {error}") from None
+    if note is not None:
+        click.echo(f"{option}={network}: {note}")
+    return path
+
+
+def load_network(network: str, option: str = "--network") -> tuple[str, dict]:
+    """The snapshot path or URL an option names (see `resolve_network`) and its snapshot dict; files that are no
+    network pickle, or unreadable ones, raise click.ClickException naming the option and what the file is."""
+    path = resolve_network(network, option)
+    try:
+        return path, checkpoint.load_snapshot(path)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"{option}={network}: {error}") from None
+
+
+def network_option(*param_decls: str) -> Callable:
+    """The --network option of every tool that reads a snapshot: a pickle, a URL or a run directory (its newest
+    snapshot, see `resolve_network`). `param_decls` may add the parameter's name, such as "network_pkl"."""
+    help_text = "Network snapshot pickle, or a run directory (its newest)."
+    return click.option("--network", *param_decls, metavar="PKL|URL|DIR", required=True, help=help_text)
 
 
 def load_generator(network: str, device: torch.device) -> torch.nn.Module:
-    """G_ema of a snapshot pickle (path or URL), on `device`; unreadable files raise click.ClickException."""
-    try:
-        snapshot = checkpoint.load_snapshot(network)
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"--network={network}: {error}") from None
-    return snapshot["G_ema"].to(device)
+    """G_ema of the snapshot --network names (a pickle, a URL or a run directory), on `device`."""
+    return load_network(network)[1]["G_ema"].to(device)
 
 
 def class_labels(G: torch.nn.Module, class_idx: int | None, device: torch.device) -> torch.Tensor:
@@ -25,7 +52,9 @@ def class_labels(G: torch.nn.Module, class_idx: int | None, device: torch.device
     label = torch.zeros([1, G.c_dim], device=device)
     if G.c_dim == 0:
         if class_idx is not None:
-            click.echo("Warning: --class is ignored because the network is unconditional.", err=True)
+            raise click.ClickException(
+                f"--class={class_idx}: the network is unconditional (it has no classes); leave --class out"
+            )
         return label
     if class_idx is None:
         raise click.ClickException(f"The network is conditional ({G.c_dim} classes): pass --class=N")

@@ -111,7 +111,7 @@ def _open_append(path: str) -> TextIO:
         raise WriteError(describe_write_failure(path, error)) from error
 
 
-def drop_entries_after(run_dir: str, cur_tick: int, kimg: int) -> list[str]:
+def drop_entries_after(run_dir: str, cur_tick: int, kimg: float) -> list[str]:
     """Make a run continued from a training state read as one uninterrupted run: drop what the interrupted session
     logged after that state, which the continued session logs again.
 
@@ -123,7 +123,8 @@ def drop_entries_after(run_dir: str, cur_tick: int, kimg: int) -> list[str]:
 
     Args:
         cur_tick: The state's tick counter (ticks completed).
-        kimg:     The state's kimg as in its file name (images seen // 1000).
+        kimg:     The state's kimg (images seen / 1000). A snapshot named by whole kimg counts as written at that
+                  whole kimg, so one written with the state (a little past it) is kept.
 
     Returns:
         One line per rewritten file, saying what was dropped.
@@ -132,7 +133,7 @@ def drop_entries_after(run_dir: str, cur_tick: int, kimg: int) -> list[str]:
     stats_path = os.path.join(run_dir, "stats.jsonl")
     notes += _drop_lines(stats_path, lambda entry: _stats_tick(entry) >= cur_tick, f"ticks >= {cur_tick}")
     for path in sorted(glob.glob(os.path.join(run_dir, "metric-*.jsonl"))):
-        notes += _drop_lines(path, lambda entry: snapshot_kimg(entry) > kimg, f"snapshots after {kimg} kimg")
+        notes += _drop_lines(path, lambda entry: snapshot_kimg(entry) > kimg, f"snapshots after {kimg:g} kimg")
     return notes
 
 
@@ -154,10 +155,24 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return entries
 
 
-def snapshot_kimg(entry: dict) -> int:
-    """The snapshot kimg of a metric-*.jsonl line; -1 when it names no network-snapshot-KKKKKK.pkl."""
-    match = re.search(r"network-snapshot-(\d+)\.pkl$", str(entry.get("snapshot_pkl") or ""))
-    return int(match.group(1)) if match else -1
+# network-snapshot-KKKKKK.pkl (whole kimg, as published) or -KKKKKK_NNN.pkl (NNN images more: a second snapshot in
+# the same kimg, see checkpoint.new_snapshot_path). The suffix sorts after the plain name, so names sort by kimg.
+SNAPSHOT_NAME = re.compile(r"network-snapshot-(\d+)(?:_(\d{3}))?\.pkl")
+STATE_NAME = re.compile(r"training-state-(\d+)\.pt")  # KKKKKK: whole kimg; a later state in it replaces the earlier.
+
+
+def snapshot_file_kimg(path: str) -> float | None:
+    """The kimg in a snapshot's file name (84.5 for network-snapshot-000084_500.pkl); None for other names."""
+    match = SNAPSHOT_NAME.fullmatch(os.path.basename(path))
+    if match is None:
+        return None
+    return int(match.group(1)) + int(match.group(2) or 0) / 1000
+
+
+def snapshot_kimg(entry: dict) -> float:
+    """The snapshot kimg of a metric-*.jsonl line; -1 when it names no network-snapshot-KKKKKK[_NNN].pkl."""
+    kimg = snapshot_file_kimg(str(entry.get("snapshot_pkl") or ""))
+    return -1 if kimg is None else kimg
 
 
 def _drop_lines(path: str, drop: Callable[[dict], bool], what: str) -> list[str]:

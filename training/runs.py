@@ -5,13 +5,16 @@ highest number under `outdir` (`next_run_dir`). Rank 0 writes into it `training_
 before the first step), `log.txt`, `stats.jsonl` and TensorBoard events (run_log.py), `reals.png`, `fakes_init.png`
 and `fakesKKKKKK.png`, `network-snapshot-KKKKKK.pkl` (the weights users load) with `training-state-KKKKKK.pt` beside
 it (everything needed to continue exactly; also written between snapshots, per --state-min and --state-kimg),
-`metric-<name>.jsonl`, `best-<metric>.pkl` and `progress.png`. KKKKKK is the image count in whole kimg.
+`metric-<name>.jsonl`, `best-<metric>.pkl` and `progress.png`. KKKKKK is the image count in whole kimg; a second
+snapshot within the same kimg is `network-snapshot-KKKKKK_NNN.pkl` (checkpoint.new_snapshot_path), never a
+replacement.
 
 What --resume means (`resolve_resume`, before any process starts):
 - `--resume=RUN_DIR` continues that run in place from its newest training state: same directory, counters and
   schedule, with its logs first cut back to that state (`prepare_run_dir`), so it computes what the uninterrupted
   run computes. The directory needs `training_options.json` and a `training-state-*.pt`, and the options of
-  FIXED_WHEN_CONTINUING must equal the saved ones (`changed_options` names those that differ).
+  FIXED_WHEN_CONTINUING must equal the saved ones (`changed_options` names those that differ). A run whose newest
+  state has reached --kimg (the total) is complete: `RunComplete` says so, and train.py writes nothing.
 - `--resume=latest` does the same with the highest-numbered run under --outdir that has a training state, and
   starts a new run when there is none: one command for the first start and every restart.
 - `--resume=PKL` (or a URL) starts a new run directory from the snapshot's weights (`resume` copies the tensors
@@ -59,6 +62,12 @@ def resolve_resume(c: TrainingConfig) -> TrainingConfig:
         return continue_in_place(c, run_dir)
     if os.path.isdir(c.resume):
         return continue_in_place(c, c.resume)
+    if run_log.STATE_NAME.fullmatch(os.path.basename(c.resume)) and os.path.isfile(c.resume):
+        raise ConfigError(
+            f"--resume={c.resume} is a training state: to continue its run exactly, pass its run directory, "
+            f"--resume={os.path.dirname(c.resume) or '.'} (which continues from the run's newest state); to start a "
+            f"new run from weights, pass a network-snapshot-*.pkl"
+        )
     state = checkpoint.state_next_to_snapshot(c.resume)
     if state is not None:
         run_dir = os.path.dirname(os.path.abspath(state))
@@ -100,7 +109,32 @@ def continue_in_place(c: TrainingConfig, run_dir: str) -> TrainingConfig:
             f"--resume={c.resume}: these options differ from the run being continued ({details}). Run the same "
             f"command as before, or start a new run from a snapshot with --resume=<network-snapshot pkl>"
         )
+    trained_nimg = state_nimg(states[-1])
+    if trained_nimg is not None and trained_nimg >= c.total_kimg * 1000:
+        raise RunComplete(
+            f"{run_dir} is complete: it has trained {trained_nimg / 1000:g} kimg of --kimg={c.total_kimg:g} (--kimg "
+            f"is the total, not an amount to add). Nothing was written. To train further, raise --kimg (for example "
+            f"--kimg={suggested_kimg(trained_nimg / 1000)}); to start a new run, leave out --resume."
+        )
     return dataclasses.replace(c, run_dir=run_dir, outdir=saved.outdir, resume_state=states[-1])
+
+
+class RunComplete(Exception):
+    """--resume names a run that has already trained --kimg: there is nothing to do (not an error; train.py exits
+    with status 0). The message says so and how to train further."""
+
+
+def state_nimg(path: str) -> int | None:
+    """The image count a training state was saved at; None when it cannot be read (check_state says why)."""
+    try:
+        return int(checkpoint.load_state(path, mmap=True)["progress"]["cur_nimg"])
+    except Exception:  # noqa: BLE001 - torch.load raises many types for a damaged file; check_state reports it.
+        return None
+
+
+def suggested_kimg(trained_kimg: float) -> int:
+    """A round --kimg to suggest for training further: twice what was trained, at two significant digits."""
+    return int(float(f"{2 * max(trained_kimg, 1):.2g}"))
 
 
 def changed_options(c: TrainingConfig, run_dir: str) -> str:
@@ -228,7 +262,7 @@ def prepare_run_dir(c: TrainingConfig) -> TrainingConfig:
             raise
         if continuing and c.resume_state is not None:
             progress = checkpoint.load_state(c.resume_state, mmap=True)["progress"]
-            for note in run_log.drop_entries_after(c.run_dir, progress["cur_tick"], progress["cur_nimg"] // 1000):
+            for note in run_log.drop_entries_after(c.run_dir, progress["cur_tick"], progress["cur_nimg"] / 1000):
                 print(note)
     return distributed.broadcast_object(c)
 
@@ -294,9 +328,3 @@ def describe_transfer(names: list[str], copied: list[str]) -> str:
     summary = [f"all of {', '.join(full)}"] if full else []
     summary += partial + ([f"none of {', '.join(empty)}"] if empty else [])
     return "; ".join(summary)
-
-
-def newest_snapshot(run_dir: str) -> str | None:
-    """The newest network-snapshot-*.pkl of a run directory (a continued run's), or None."""
-    paths = sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
-    return paths[-1] if paths else None

@@ -19,16 +19,17 @@ import psutil
 import torch
 
 import dnnlib
-from torch_utils import distributed, host_memory, misc, training_stats
+from torch_utils import distributed, host_memory, misc, stop_signals, training_stats
 from training import batch_memory, checkpoint, plots, preemption
 from training.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from training.config import TrainingConfig, construct_networks
 from training.dataset import ImageFolderDataset, SkipDamaged
+from training.legacy import newest_snapshot
 from training.loss import Chunk, Phase, StyleGAN2Loss
 from training.metric_runner import BestSnapshot, MetricRunner
 from training.networks_stylegan2 import Discriminator
 from training.run_log import RunLog, grid_shape, save_image_grid
-from training.runs import newest_snapshot, prepare_run_dir, resume, write_training_options
+from training.runs import prepare_run_dir, resume, write_training_options
 
 
 @dataclasses.dataclass
@@ -266,8 +267,9 @@ def make_data_iterator(c: TrainingConfig, dataset: ImageFolderDataset, start_nim
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if c.workers > 0 else None,
         persistent_workers=c.workers > 0,
+        worker_init_fn=stop_signals.worker_init_fn(),  # A stop signal to the whole group is this process's to handle.
     )
-    for images, labels, skipped in loader:
+    for images, labels, skipped in stop_signals.loader_batches(loader):
         training_stats.report("Progress/damaged_images", skipped.sum())  # Counted per tick (Health).
         yield images.to(device).to(torch.float32) / 127.5 - 1, labels.to(device)
 
@@ -429,16 +431,40 @@ class TrainingStopped(Exception):
     how to go on."""
 
 
+def is_worker_death(error: BaseException) -> bool:
+    """Whether `error` is torch's report that a DataLoader worker process died (raised in this process wherever it
+    happens to be when the worker's end is noticed, even in the middle of writing a file)."""
+    return isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
+
+
+def describe_worker_death(error: BaseException, c: TrainingConfig) -> str:
+    """The sentence for a DataLoader worker that died: what happened, the likely cause and how to go on."""
+    return (
+        f"a DataLoader worker process died ({str(error).strip()}). Stop signals are handled by the training process "
+        f"and never end a worker, so something else did: most often the system ran out of memory (try fewer "
+        f"--workers than {c.workers}). Files written so far are complete; continue with "
+        f"--resume={c.run_dir or 'latest'}."
+    )
+
+
 NONFINITE_LOSS_TICKS = 2  # Stop when G's or D's mean loss is non-finite in this many consecutive ticks.
 
 
 def training_loop(c: TrainingConfig) -> None:
     """Train per `c` on this process's share of each batch; rank 0 writes everything under `c.run_dir`.
 
+    A stop signal from the start on (while the networks are built, say) is acted on at the first step boundary.
+
     Raises:
         TrainingStopped: The weights or losses stopped being finite (see `Health`).
         SystemExit: A stop signal arrived; a training state was written first (see training.preemption).
     """
+    with preemption.StopRequest() as stop:
+        train(c, stop)
+
+
+def train(c: TrainingConfig, stop: preemption.StopRequest) -> None:
+    """The body of `training_loop`, with `stop` catching the stop signals."""
     start_time = time.time()
     device = distributed.select_device()
     if device.type == "cpu":
@@ -457,6 +483,7 @@ def training_loop(c: TrainingConfig) -> None:
         broadcast_module(module)
 
     log = RunLog(c.run_dir) if distributed.is_main() else None
+    data = None  # The batches of reals, once training starts; closed on the way out, which ends its workers.
     try:
         if c.batch_gpu_auto:
             image_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
@@ -479,7 +506,7 @@ def training_loop(c: TrainingConfig) -> None:
         best = BestSnapshot(c.run_dir, c.metrics[0]) if c.metrics else None  # best-<metric>.pkl, early stopping.
         tick_start_time = time.time()
         maintenance_sec = tick_start_time - start_time
-        with preemption.StopRequest() as stop, distributed.naming_stalled_ranks("for the others in training"):
+        with distributed.naming_stalled_ranks("for the others in training"):
             while True:
                 train_step(t, c, [next(data) for _ in range(c.rounds)], labels)
                 if t.batch_gpu != c.batch_gpu:  # --batch-gpu=auto lowered it: record it, read rounds of its size.
@@ -523,7 +550,7 @@ def training_loop(c: TrainingConfig) -> None:
 
                 # Between steps: a state when one is due or a stop signal came, decided together by all ranks.
                 stopping, state_due = distributed.agree([stop.requested, states.due(t.progress.cur_nimg)])
-                if stopping or state_due:
+                if (stopping or state_due) and not states.written_at(t.progress.cur_nimg):
                     health.check_weights(t)  # A state with non-finite weights would only resume the divergence.
                     t.gather_pending()
                     save_training_state(c, t, elapsed_sec=time.time() - start_time)
@@ -538,6 +565,8 @@ def training_loop(c: TrainingConfig) -> None:
                     raise SystemExit(preemption.exit_status(signum))
         distributed.print0("Exiting...")
     finally:
+        if data is not None:
+            data.close()
         if log is not None:
             log.close()
 
@@ -553,6 +582,11 @@ class StateSchedule:
     def saved(self, cur_nimg: int) -> None:
         """A training state was just written at `cur_nimg`."""
         self.time, self.nimg = time.monotonic(), cur_nimg
+
+    def written_at(self, cur_nimg: int) -> bool:
+        """Whether the newest training state (written, or continued from) holds exactly `cur_nimg`: a stop signal
+        that came while a snapshot's metrics ran finds the state already written."""
+        return self.nimg == cur_nimg
 
     def due(self, cur_nimg: int) -> bool:
         """Whether a state should be written now (False on ranks other than 0 for the clock: see the class)."""
@@ -746,7 +780,10 @@ class SnapshotGrid:
 
 
 def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec: float) -> str:
-    """Write fakesKKKKKK.png, network-snapshot-KKKKKK.pkl and training-state-KKKKKK.pt (rank 0).
+    """Write fakesKKKKKK.png, network-snapshot-KKKKKK.pkl and training-state-KKKKKK.pt (rank 0); a collective.
+
+    A snapshot never replaces another: a second one within the same kimg is named KKKKKK_NNN
+    (checkpoint.new_snapshot_path), and its image grid likewise.
 
     Args:
         elapsed_sec: Training time of this session so far, added to the saved elapsed time.
@@ -754,15 +791,21 @@ def save_snapshot(c: TrainingConfig, t: Trainer, grid: SnapshotGrid, elapsed_sec
     Returns:
         The snapshot's path (on every rank).
     """
-    kimg = t.progress.cur_nimg // 1000
-    snapshot_path = checkpoint.snapshot_path(c.run_dir, kimg)
+    path = checkpoint.new_snapshot_path(c.run_dir, t.progress.cur_nimg) if distributed.is_main() else None
+    path = distributed.broadcast_object(path)  # Rank 0 alone looks, before it writes the file.
     if not distributed.is_main():
-        return snapshot_path
-    grid.save_fakes(t.ema.module, f"fakes{kimg:06d}.png")
-    checkpoint.save_snapshot(snapshot_path, t.G, t.D, t.ema.module, t.augment_pipe, training_set_kwargs(c))
+        return path
+    name = os.path.basename(path)
+    if os.path.exists(path):
+        save_training_state(c, t, elapsed_sec, quiet=True)
+        print(f"Kept {name}, a snapshot of the same image count from an earlier session; saved the training state.")
+        return path
+    label = name.removeprefix("network-snapshot-").removesuffix(".pkl")
+    grid.save_fakes(t.ema.module, f"fakes{label}.png")
+    checkpoint.save_snapshot(path, t.G, t.D, t.ema.module, t.augment_pipe, training_set_kwargs(c))
     save_training_state(c, t, elapsed_sec, quiet=True)
-    print(f"Saved {os.path.basename(snapshot_path)} and its training state.")
-    return snapshot_path
+    print(f"Saved {name} and its training state.")
+    return path
 
 
 def draw_progress(run_dir: str) -> None:
