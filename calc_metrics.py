@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 import click
 import torch
@@ -12,7 +13,7 @@ import torch
 import dnnlib
 import metrics
 from dnnlib.util import bool_option
-from torch_utils import distributed
+from torch_utils import distributed, stop_signals
 from training import checkpoint
 from training.dataset import DatasetError, ImageFolderDataset
 from training.inference import load_network, network_option
@@ -128,7 +129,18 @@ def print_config(c: MetricsConfig) -> None:
 
 
 def run(c: MetricsConfig) -> None:
-    """Body of every process: load the network, compute each metric, rank 0 records it."""
+    """Body of every process. A stop signal (SIGTERM from SLURM or `timeout`, Ctrl-C), to this process or its whole
+    group, abandons the metric being computed, ends the data loading workers and exits 143 / 130."""
+    try:
+        with stop_signals.StopOnSignal():
+            measure(c)
+    except stop_signals.Stopped as stopped:
+        distributed.print0(f"Stopped by {stopped}: the metrics finished before it are recorded, the rest are not.")
+        sys.exit(stopped.status)
+
+
+def measure(c: MetricsConfig) -> None:
+    """Load the network, compute each metric, rank 0 records it."""
     device = distributed.select_device()
     G = checkpoint.load_snapshot(c.network_pkl)["G_ema"]
     for name in c.metric_names:
@@ -226,7 +238,12 @@ def main(**kwargs) -> None:
     """
     c = build_config(dnnlib.EasyDict(kwargs))
     print_config(c)
-    distributed.launch(run, (c,), num_processes=c.gpus)
+    try:
+        distributed.launch(run, (c,), num_processes=c.gpus)
+    except torch.multiprocessing.ProcessExitedException as error:
+        if error.exit_code in stop_signals.STOP_STATUSES:
+            sys.exit(error.exit_code)  # Stopped by a signal; rank 0 said so.
+        raise
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ package training/dataset_tool/ (its __init__ lists the modules).
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from torch_utils import stop_signals
 from training.dataset_tool.config import ResolutionParam, ToolConfig, validate_config
 from training.dataset_tool.convert import DEFAULT_COMPRESS_LEVEL, available_cores, convert
 from training.dataset_tool.info import print_dataset_info
@@ -133,8 +136,18 @@ def main(
     validate_config(cfg)
     if cfg.info:
         print_dataset_info(cfg.source, cfg.max_images)
-    else:
-        convert(cfg)
+        return
+    # SIGTERM (SLURM, `timeout`, a container stop) and Ctrl-C, to this process or its whole group: the workers drop
+    # them, and here they unwind the conversion, which removes its unfinished output.
+    try:
+        with stop_signals.StopOnSignal():
+            convert(cfg)
+    except stop_signals.Stopped as stopped:
+        if stopped.complete:
+            click.echo(f"Received {stopped} as {cfg.dest} was being completed; it is complete.", err=True)
+        else:
+            click.echo(f"Stopped by {stopped}: removed the unfinished output; {cfg.dest} is unchanged.", err=True)
+        sys.exit(stopped.status)
 
 
 if __name__ == "__main__":

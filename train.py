@@ -419,7 +419,7 @@ def main(**kwargs) -> None:
 
     \b
     # A small StyleGAN2 on the built-in 32x32 demo dataset, sized for a CPU (the README's quick start: 80 kimg in
-    # 8-10 minutes on two cores; no metrics, which take minutes per snapshot on a CPU).
+    # 8-20 minutes on two cores; no metrics, which take minutes per snapshot on a CPU).
     python dataset_tool.py --source=demo:shapes --dest=datasets/shapes-32.zip --resolution=32x32
     python train.py --outdir=runs --cfg=stylegan2 --data=datasets/shapes-32.zip --gpus=1 --batch=16 \\
         --gamma=auto --metrics=none --aug=noaug --cbase=2048 --cmax=32 --map-depth=2 --kimg=80 --tick=4 --snap=4 \\

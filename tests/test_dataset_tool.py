@@ -2,24 +2,31 @@
 ImageFolderDataset."""
 
 import concurrent.futures
+import contextlib
 import gzip
 import io
 import json
 import os
 import pickle
+import signal
 import struct
+import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import psutil
 import pytest
 from click.testing import CliRunner
+from helpers import ROOT, script_env
 from test_dataset import forge_member_size
 
 import dataset_tool  # The command line, a root script importable through pytest's `pythonpath = ["."]`.
+from torch_utils import stop_signals
 from training.dataset import ImageFolderDataset
 from training.dataset_tool.config import ToolConfig, parse_resolution
 from training.dataset_tool.convert import (
@@ -569,6 +576,82 @@ def test_failure_midway_leaves_nothing(tmp_path, out, monkeypatch):
         result = run_tool("--source", src, "--dest", dest)
         assert result.exit_code != 0 and len(calls) == 3
         assert entries(out) == []  # Neither the temporary nor the parent folders it created are left.
+
+
+def test_a_stop_signal_during_the_final_rename_lets_it_finish(tmp_path, out, monkeypatch):
+    """SIGTERM while the new --dest replaces the old one: the replacement completes and the tool says so, exit 143."""
+    src = tmp_path / "src"
+    save_image(src / "a.png", random_pixels(4, 4, 3, seed=0))
+    dest = out / "d"
+    run_ok("--source", src, "--dest", dest)
+    (dest / "00000" / "img00000000.png").unlink()  # The old dataset, told apart from the new one.
+    real_rename = os.rename
+
+    def rename_then_signal(source, target):  # The first rename moves the old --dest aside.
+        real_rename(source, target)
+        if ".old-" in str(target):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("os.rename", rename_then_signal)
+    result = run_tool("--source", src, "--dest", dest, "--force")
+    assert result.exit_code == 143, result.output
+    assert f"Received SIGTERM as {dest} was being completed; it is complete." in result.output
+    assert entries(out) == ["d"] and len(ImageFolderDataset(str(dest))) == 1
+
+
+def test_a_stop_signal_waits_for_the_end_of_a_deferred_block_and_repeats_are_ignored():
+    previous = signal.getsignal(signal.SIGTERM)
+    finished = []
+    with stop_signals.StopOnSignal():
+        with pytest.raises(stop_signals.Stopped) as stopped:
+            with stop_signals.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)  # The handler runs between bytecodes of the main thread.
+                finished.append(True)
+        assert finished and stopped.value.status == 130 and str(stopped.value) == "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)  # A repeat: ignored while the clean-up runs.
+        time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is previous  # The previous handlers are back.
+    with stop_signals.StopOnSignal(), pytest.raises(stop_signals.Stopped) as stopped:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+    assert stopped.value.status == 143 and not stopped.value.complete
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_the_whole_group_removes_the_unfinished_output(tmp_path, signum):
+    """As SLURM, `timeout` or Ctrl-C deliver it: to the tool and its worker processes at once. The workers leave it
+    to the tool, which removes its unfinished output, keeps the old --dest and exits 128 + signum."""
+    dest = tmp_path / "datasets" / "shapes.zip"
+    dest.parent.mkdir()
+    dest.write_bytes(b"the previous dataset")
+    command = [sys.executable, str(ROOT / "dataset_tool.py"), "--source=demo:shapes", f"--dest={dest}",
+               "--resolution=256x256", "--workers=2", "--force"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # Until images are being written by running workers.
+        partial = list(dest.parent.glob("shapes.zip.tmp-*"))
+        if partial and partial[0].stat().st_size > 100_000 and len(psutil.Process(proc.pid).children(True)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signum)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, output
+    name = signal.Signals(signum).name
+    assert f"Stopped by {name}: removed the unfinished output; {dest} is unchanged." in output
+    assert "Traceback" not in output and "worker process died" not in output, output
+    assert sorted(os.listdir(dest.parent)) == ["shapes.zip"] and dest.read_bytes() == b"the previous dataset"
+    with contextlib.suppress(ProcessLookupError):  # Every worker has ended too.
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.2)
+        raise AssertionError("a worker outlived the stopped tool")
 
 
 # ----------------------------------------------------------------------------------------------------------------

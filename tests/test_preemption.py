@@ -15,10 +15,11 @@ import psutil
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT, quick_start_options, script_env, tiny
+from helpers import ROOT, quick_start_options, script_env, tiny, tiny_stylegan2
 
 import train
 from training import checkpoint, preemption
+from training.networks_stylegan2 import Discriminator
 
 TINY = tiny(aug="ada")  # ADA on, so the bit-identical resumes cover its state too.
 
@@ -283,6 +284,43 @@ def test_sigterm_to_the_group_while_a_snapshot_and_its_metric_are_written(tmp_pa
         start_training(*quick_start(outdir, quick_data, metrics="swd"), "--resume=latest", cwd=tmp_path)
     )
     assert status == 0 and "Continuing from" in out, out
+
+
+def wait_for_descendants(proc: subprocess.Popen, count: int, timeout_sec: float = 120) -> None:
+    """Wait until `proc` has at least `count` processes below it (its ranks, their DataLoader workers)."""
+    deadline = time.time() + timeout_sec
+    while time.time() < deadline and proc.poll() is None:
+        if len(psutil.Process(proc.pid).children(recursive=True)) >= count:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"never had {count} processes below it:\n{proc.communicate()[0]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus, signum", [(1, signal.SIGTERM), (2, signal.SIGINT)])
+def test_a_stop_signal_to_the_group_of_calc_metrics_ends_it_and_its_workers(tmp_path, demo_shapes, gpus, signum):
+    """calc_metrics.py while its DataLoader workers read the dataset: it says it stopped, once, and exits 128 +
+    signum with no traceback and nothing recorded; no worker outlives it."""
+    data = demo_shapes(32, max_images=4096)  # Enough reals that the workers are still reading when the signal comes.
+    pkl = tmp_path / "network.pkl"
+    torch.manual_seed(0)
+    G = tiny_stylegan2(resolution=32).eval()
+    D = Discriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=64, channel_max=8)
+    checkpoint.save_snapshot(str(pkl), G, D, G, None, dict(path=str(data), use_labels=False, xflip=False))
+    command = [sys.executable, str(ROOT / "calc_metrics.py"), "--metrics=swd", f"--network={pkl}", f"--data={data}",
+               f"--gpus={gpus}", "--workers=2", "--batch=16"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    wait_for_descendants(proc, 2 if gpus == 1 else gpus * 3)
+    status, out = stop_group(proc, signum)
+    name = signal.Signals(signum).name
+    assert status == 128 + signum, out
+    assert out.count(f"Stopped by {name}: the metrics finished before it are recorded") == 1, out
+    assert "Traceback" not in out and '"results"' not in out, out
+    assert group_is_gone(proc.pid), "a worker outlived calc_metrics.py"
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ middle of the step or of writing the training state. So:
   ending the worker, which ends as torch's own handler would end it. A worker whose parent dies still exits on its
   own (torch's watchdog).
 
-`loader_batches` puts both together for one pass over a DataLoader.
+`loader_batches` puts both together for one pass over a DataLoader. A tool without step boundaries (dataset_tool.py)
+uses `StopOnSignal` instead: the signal becomes an exception that unwinds the tool's clean-up.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def worker_init_fn() -> Callable[[int], None]:
     return functools.partial(_init_worker, os.getpid())
 
 
-def _init_worker(owner_pid: int, worker_id: int) -> None:
-    """See `worker_init_fn`; `owner_pid` is the process that made the DataLoader."""
+def _init_worker(owner_pid: int, worker_id: int = 0) -> None:
+    """See `worker_init_fn`; `owner_pid` is the process that made the DataLoader (or the process pool: the
+    partial also serves as a ProcessPoolExecutor `initializer`, which passes no worker id)."""
     if not hasattr(signal, "sigwaitinfo"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         return
@@ -89,7 +91,7 @@ def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
     The workers start with the stop signals blocked, so no signal reaches one before its `worker_init_fn` has run;
     they are shut down as soon as the pass ends or the generator is closed.
     """
-    with blocked():
+    with blocked(), deferred():  # A tool's `Stopped` must not leave a half-made iterator (its __del__ would fail).
         batches = iter(loader)
     try:
         yield from batches
@@ -97,3 +99,74 @@ def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
         shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up; it also runs when collected.
         if shutdown is not None:
             shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tools without step boundaries.
+
+
+class Stopped(BaseException):
+    """A stop signal, raised in the main thread inside `StopOnSignal`. A BaseException, like KeyboardInterrupt, so
+    that only clean-up code (`finally`, `except BaseException: ...; raise`) sees it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.status = exit_status(signum)
+        self.complete = False  # Set by code that finished its work inside `deferred()` before this was raised.
+
+
+_active: StopOnSignal | None = None  # The handler in place, if any.
+_deferring = 0  # How many `deferred()` blocks the main thread is inside.
+
+
+class StopOnSignal:
+    """`with StopOnSignal():` makes SIGTERM and SIGINT raise `Stopped` in the main thread, for a tool that has no step
+    boundary at which to stop and whose clean-up runs as the exception unwinds. Inside `deferred()` the signal waits
+    for the block to end. Repeats are ignored: the clean-up runs once. Main thread only; the previous handlers come
+    back on leaving."""
+
+    def __init__(self) -> None:
+        self.stopped = False  # `Stopped` was raised.
+        self.pending: int | None = None  # A signal that came inside `deferred()`.
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        global _active
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        _active = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _active
+        _active = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.stopped:  # A repeat (the group's signal, then a launcher's copy of it).
+            return
+        if _deferring:
+            self.pending = self.pending or signum
+            return
+        self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        self.stopped = True
+        raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block that a stop signal must not cut (constructing a DataLoader iterator, a rename that must finish once
+    begun): under `StopOnSignal`, a signal that arrives inside is raised as `Stopped` when the block ends (unless the
+    block fails); elsewhere a no-op. Signals are handled in the main thread whatever its signal mask, so `blocked`
+    alone does not keep them out of a block."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _active is not None and _active.pending is not None and not _active.stopped:
+        _active._raise(_active.pending)

@@ -15,7 +15,6 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from torch_utils import stop_signals
 from training.dataset import LABELS_FILE
 from training.dataset_tool.config import ToolConfig, is_power_of_two
 from training.dataset_tool.png import encode_png
@@ -112,11 +112,6 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def ignore_interrupts() -> None:
-    """Worker initializer: Ctrl-C is the main process's to handle (it stops the pool and removes the output)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @contextlib.contextmanager
 def image_pool(workers: int) -> Iterator[Callable[..., concurrent.futures.Future]]:
     """Yield `submit(fn, *args) -> Future` running in `workers` processes, or in this one when `workers` is 1."""
@@ -126,11 +121,19 @@ def image_pool(workers: int) -> Iterator[Callable[..., concurrent.futures.Future
     # Workers start from a fresh forkserver (spawn where there is none), not a fork of this process: a fork could
     # copy a lock held by another thread (tqdm's monitor), and a worker needs only this package.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    # Ctrl-C and a SIGTERM to the whole group are the main process's to handle (it stops the pool and removes the
+    # output): the workers drop them, and end only when the pool ends them.
     executor = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context(method), initializer=ignore_interrupts
+        workers, mp_context=multiprocessing.get_context(method), initializer=stop_signals.worker_init_fn()
     )
+
+    def submit(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        # Workers start on demand: none may receive a signal before it can drop it, nor this process stop midway.
+        with stop_signals.blocked(), stop_signals.deferred():
+            return executor.submit(fn, *args)
+
     try:
-        yield executor.submit
+        yield submit
     except concurrent.futures.process.BrokenProcessPool as err:
         raise click.ClickException(
             f"a worker process died ({err}), perhaps for lack of memory; try fewer --workers"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from torch_utils import stop_signals
 from training.dataset_tool.config import is_nonempty
 
 
@@ -24,6 +25,7 @@ class DatasetWriter:
         self.is_zip = dest.suffix.lower() == ".zip"
         self.tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
         self._archive: zipfile.ZipFile | None = None
+        self.committed = False  # The output is in place at DEST.
         self._created_dirs: list[Path] = []  # Parents of DEST this run made, removed again if it fails.
 
     def open(self) -> None:
@@ -58,6 +60,7 @@ class DatasetWriter:
             self._archive = None
         if not os.path.lexists(self.dest):
             os.rename(self.tmp, self.dest)
+            self.committed = True
             return
         if is_nonempty(self.dest) and not self.force:  # Appeared while we were converting.
             raise click.ClickException(f"--dest {self.dest} appeared while converting; pass --force to replace it")
@@ -69,6 +72,7 @@ class DatasetWriter:
         except BaseException:
             os.rename(old, self.dest)
             raise
+        self.committed = True
         remove_path(old)
 
     def discard(self) -> None:
@@ -94,12 +98,17 @@ def remove_path(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dataset_writer(dest: Path, force: bool) -> Iterator[DatasetWriter]:
-    """Yield a DatasetWriter; commit it if the block finishes, else (error, Ctrl-C) leave nothing behind."""
+    """Yield a DatasetWriter; commit it if the block finishes, else (error, Ctrl-C, SIGTERM) leave nothing behind.
+    A stop signal during the commit waits for it: moving the old --dest aside and the new one in must not be cut."""
     writer = DatasetWriter(dest, force)
     try:
         writer.open()
         yield writer
-        writer.commit()
-    except BaseException:
-        writer.discard()
+        with stop_signals.deferred():
+            writer.commit()
+    except BaseException as error:
+        if not writer.committed:
+            writer.discard()
+        elif isinstance(error, stop_signals.Stopped):  # It came during the commit, which it waited for.
+            error.complete = True
         raise
