@@ -10,6 +10,7 @@ package training/dataset_tool/ (its __init__ lists the modules).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -146,7 +147,9 @@ def main(
         if stopped.complete:
             click.echo(f"Received {stopped} as {cfg.dest} was being completed; it is complete.", err=True)
         else:
-            click.echo(f"Stopped by {stopped}: removed the unfinished output; {cfg.dest} is unchanged.", err=True)
+            existed = os.path.lexists(os.path.expanduser(cfg.dest))
+            dest = f"{cfg.dest} is unchanged" if existed else f"nothing was written to {cfg.dest}"
+            click.echo(f"Stopped by {stopped}: removed the unfinished output; {dest}.", err=True)
         sys.exit(stopped.status)
 
 

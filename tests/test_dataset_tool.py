@@ -620,13 +620,15 @@ def test_a_stop_signal_waits_for_the_end_of_a_deferred_block_and_repeats_are_ign
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_to_the_whole_group_removes_the_unfinished_output(tmp_path, signum):
+@pytest.mark.parametrize("signum, replace", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_a_stop_signal_to_the_whole_group_removes_the_unfinished_output(tmp_path, signum, replace):
     """As SLURM, `timeout` or Ctrl-C deliver it: to the tool and its worker processes at once. The workers leave it
-    to the tool, which removes its unfinished output, keeps the old --dest and exits 128 + signum."""
+    to the tool, which removes its unfinished output (and the folder it made for it), keeps an old --dest that
+    --force was to replace, and exits 128 + signum."""
     dest = tmp_path / "datasets" / "shapes.zip"
-    dest.parent.mkdir()
-    dest.write_bytes(b"the previous dataset")
+    if replace:
+        dest.parent.mkdir()
+        dest.write_bytes(b"the previous dataset")
     command = [sys.executable, str(ROOT / "dataset_tool.py"), "--source=demo:shapes", f"--dest={dest}",
                "--resolution=256x256", "--workers=2", "--force"]  # fmt: skip
     proc = subprocess.Popen(
@@ -634,7 +636,7 @@ def test_a_stop_signal_to_the_whole_group_removes_the_unfinished_output(tmp_path
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # Until images are being written by running workers.
-        partial = list(dest.parent.glob("shapes.zip.tmp-*"))
+        partial = list(dest.parent.glob("shapes.zip.tmp-*")) if dest.parent.exists() else []
         if partial and partial[0].stat().st_size > 100_000 and len(psutil.Process(proc.pid).children(True)) >= 2:
             break
         time.sleep(0.05)
@@ -643,9 +645,13 @@ def test_a_stop_signal_to_the_whole_group_removes_the_unfinished_output(tmp_path
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, output
     name = signal.Signals(signum).name
-    assert f"Stopped by {name}: removed the unfinished output; {dest} is unchanged." in output
+    outcome = f"{dest} is unchanged" if replace else f"nothing was written to {dest}"
+    assert f"Stopped by {name}: removed the unfinished output; {outcome}." in output
     assert "Traceback" not in output and "worker process died" not in output, output
-    assert sorted(os.listdir(dest.parent)) == ["shapes.zip"] and dest.read_bytes() == b"the previous dataset"
+    if replace:
+        assert sorted(os.listdir(dest.parent)) == ["shapes.zip"] and dest.read_bytes() == b"the previous dataset"
+    else:
+        assert entries(tmp_path) == []
     with contextlib.suppress(ProcessLookupError):  # Every worker has ended too.
         deadline = time.time() + 15
         while time.time() < deadline:
