@@ -24,9 +24,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # dataset_tool.py uses this module and must start without importing torch.
+    import torch
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
