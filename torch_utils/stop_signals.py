@@ -86,16 +86,27 @@ def _drop_stop_signals(owner_pid: int) -> None:
             os._exit(0)  # The DataLoader's own shutdown, or multiprocessing's at exit: nothing left to do.
 
 
+_END = object()  # What `next` returns after the last batch.
+
+
 def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
     """The batches of one pass over `loader`, made with `worker_init_fn=worker_init_fn()` when it has workers.
 
     The workers start with the stop signals blocked, so no signal reaches one before its `worker_init_fn` has run;
-    they are shut down as soon as the pass ends or the generator is closed.
+    they are shut down as soon as the pass ends or the generator is closed. A tool's `Stopped` comes between batches:
+    raised while the iterator is made, it would leave a half-made one (whose __del__ fails); while a batch is
+    received, it would cut the connection over which a worker hands over the batch's shared memory (and the worker's
+    thread would print the error).
     """
-    with blocked(), deferred():  # A tool's `Stopped` must not leave a half-made iterator (its __del__ would fail).
+    with blocked(), deferred():
         batches = iter(loader)
     try:
-        yield from batches
+        while True:
+            with deferred():
+                batch = next(batches, _END)
+            if batch is _END:
+                return
+            yield batch
     finally:
         shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up; it also runs when collected.
         if shutdown is not None:
