@@ -11,6 +11,7 @@ move name them by that path, and `training.safe_pickle` resolves both.
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -28,9 +29,15 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
+CPU_FP16_ENV = "GANFORGE_CPU_FP16"  # "1": the float16 blocks run in float16 on the CPU too, as they do on CUDA.
+
+
 def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
-    """float16 for a mixed-precision block on CUDA, float32 otherwise (CPU half-precision convolutions are slow)."""
-    return torch.float16 if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
+    """float16 for a mixed-precision block on CUDA, or on the CPU with GANFORGE_CPU_FP16=1 (correct but slow, so
+    not the default: it is how the CPU tests run the float16 paths); float32 otherwise."""
+    if not use_fp16 or force_fp32:
+        return torch.float32
+    return torch.float16 if device.type == "cuda" or os.environ.get(CPU_FP16_ENV) == "1" else torch.float32
 
 
 def fp16_resolution(img_resolution: int, num_fp16_res: int) -> int:
