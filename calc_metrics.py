@@ -238,12 +238,7 @@ def main(**kwargs) -> None:
     """
     c = build_config(dnnlib.EasyDict(kwargs))
     print_config(c)
-    try:
-        distributed.launch(run, (c,), num_processes=c.gpus)
-    except torch.multiprocessing.ProcessExitedException as error:
-        if error.exit_code in stop_signals.STOP_STATUSES:
-            sys.exit(error.exit_code)  # Stopped by a signal; rank 0 said so.
-        raise
+    distributed.launch(run, (c,), num_processes=c.gpus)  # Exits 143 / 130 when a process was stopped by a signal.
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import dnnlib
 import metrics
 from dnnlib.util import FiniteFloatRange, bool_option
 from torch_utils import distributed
-from training import checkpoint, preemption, runs, training_loop
+from training import checkpoint, runs, training_loop
 from training.config import (
     PRESETS,
     ConfigError,
@@ -218,8 +218,6 @@ def launch(c: TrainingConfig) -> None:
     try:
         distributed.launch(train_process, (c,), num_processes=c.gpus, timeout_sec=c.timeout_min * 60)
     except torch.multiprocessing.ProcessExitedException as error:  # A spawned process printed why, then exited.
-        if error.exit_code in {preemption.exit_status(s) for s in preemption.STOP_SIGNALS}:
-            sys.exit(error.exit_code)  # Stopped by a signal after saving; rank 0 said so.
         how = f"was killed by {error.signal_name}" if error.signal_name else f"stopped with exit code {error.exit_code}"
         raise click.ClickException(f"training process {error.error_index} {how}; see its message above") from None
 

@@ -1,6 +1,6 @@
 """What the tests share: the repository root, the tiny debug configuration's options, running the root scripts in a
-fresh interpreter as users do, and generators small enough for the CPU. Fixtures (the demo datasets) are in
-conftest.py."""
+fresh interpreter as users do (and waiting for a process group to end), and generators small enough for the CPU.
+Fixtures (the demo datasets) are in conftest.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from training import networks_stylegan2, networks_stylegan3
@@ -50,6 +51,18 @@ def script_env(**extra: str) -> dict[str, str]:
     """The environment for a root script in a subprocess: one OpenMP thread, as the test processes use one intra-op
     thread (conftest.py), so that two processes on two cores do not contend."""
     return dict(os.environ, OMP_NUM_THREADS="1", **extra)
+
+
+def group_is_gone(pgid: int, timeout_sec: float = 15) -> bool:
+    """Whether every process of group `pgid` (DataLoader workers included) has ended within `timeout_sec`."""
+    deadline = time.time() + timeout_sec
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

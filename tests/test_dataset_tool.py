@@ -2,7 +2,6 @@
 ImageFolderDataset."""
 
 import concurrent.futures
-import contextlib
 import gzip
 import io
 import json
@@ -22,7 +21,7 @@ import PIL.Image
 import psutil
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT, script_env
+from helpers import ROOT, group_is_gone, script_env
 from test_dataset import forge_member_size
 
 import dataset_tool  # The command line, a root script importable through pytest's `pythonpath = ["."]`.
@@ -652,12 +651,7 @@ def test_a_stop_signal_to_the_whole_group_removes_the_unfinished_output(tmp_path
         assert sorted(os.listdir(dest.parent)) == ["shapes.zip"] and dest.read_bytes() == b"the previous dataset"
     else:
         assert entries(tmp_path) == []
-    with contextlib.suppress(ProcessLookupError):  # Every worker has ended too.
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            os.killpg(proc.pid, 0)
-            time.sleep(0.2)
-        raise AssertionError("a worker outlived the stopped tool")
+    assert group_is_gone(proc.pid), "a worker outlived the stopped tool"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT, quick_start_options, script_env, tiny, tiny_stylegan2
+from helpers import ROOT, group_is_gone, quick_start_options, script_env, tiny, tiny_stylegan2
 
 import train
 from training import checkpoint, preemption
@@ -209,18 +209,6 @@ def test_a_second_signal_exits_at_once():
 # ----------------------------------------------------------------------------
 # Stop signals to the whole process group (SLURM without `B:`, `timeout`, `kill -- -PGID`, container stops): the
 # DataLoader workers of training and of the metrics get the signal too, and must leave it to the training process.
-
-
-def group_is_gone(pgid: int, timeout_sec: float = 15) -> bool:
-    """Whether every process of group `pgid` (DataLoader workers included) has ended within `timeout_sec`."""
-    deadline = time.time() + timeout_sec
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def stop_group(proc: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int, str]:

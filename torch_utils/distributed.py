@@ -272,6 +272,10 @@ def launch(fn: Callable[..., Any], args: tuple, num_processes: int, timeout_sec:
     Under torchrun this process is one member and runs `fn` itself. Otherwise `num_processes` > 1 spawns that
     many local processes (ranks 0..N-1, one per GPU, or CPU processes on gloo when there is no GPU); SIGTERM and
     SIGINT sent to this launcher are passed on to them, so `kill` of the one process a user sees reaches all.
+
+    Raises:
+        SystemExit: A spawned process stopped for a stop signal (it said so): with its status, 143 or 130.
+        torch.multiprocessing.ProcessExitedException: A spawned process failed otherwise.
     """
     if under_torchrun() or num_processes == 1:
         init(timeout_sec=timeout_sec)
@@ -298,6 +302,10 @@ def launch(fn: Callable[..., Any], args: tuple, num_processes: int, timeout_sec:
     previous = {sig: signal.signal(sig, forward) for sig in stop_signals.STOP_SIGNALS}
     try:
         _join(context)
+    except torch.multiprocessing.ProcessExitedException as error:
+        if error.exit_code in stop_signals.STOP_STATUSES:
+            raise SystemExit(error.exit_code) from None
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
