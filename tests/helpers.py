@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from training import networks_stylegan2, networks_stylegan3
+import torch
+
+from training import checkpoint, networks_stylegan2, networks_stylegan3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +78,33 @@ def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProces
 def run_dirs(outdir: Path) -> list[Path]:
     """The run directories train.py made under `outdir`, oldest first."""
     return sorted(p for p in outdir.iterdir() if p.is_dir())
+
+
+def final_state(outdir: Path) -> dict:
+    """The newest training state of the one run under `outdir`."""
+    [run_dir] = run_dirs(outdir)
+    return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    """Two training states at the same image count with bit-identical networks and optimizer states."""
+    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
+    for net in ("G", "D", "G_ema"):
+        for name in a[net]:
+            assert torch.equal(a[net][name], b[net][name]), f"{net}.{name} differs"
+    for opt in ("G_opt", "D_opt"):
+        for index, slot in a[opt]["state"].items():
+            for key, value in slot.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[opt]["state"][index][key])), (opt, key)
+
+
+def assert_states_close(a: dict, b: dict, atol: float, rtol: float = 0.0) -> None:
+    """Two training states at the same image count whose networks agree within `atol` + `rtol` * |b|."""
+    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
+    for net in ["G", "D", "G_ema"]:
+        assert a[net].keys() == b[net].keys()
+        for name in a[net]:
+            torch.testing.assert_close(a[net][name], b[net][name], atol=atol, rtol=rtol, msg=f"{net}.{name}")
 
 
 def tiny_stylegan2(resolution: int = 8, map_depth: int = 1, c_dim: int = 0, **kwargs) -> networks_stylegan2.Generator:

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import final_state
 
 import dnnlib
 import train
 from torch_utils import training_stats
-from training import batch_memory, checkpoint
+from training import batch_memory
 from training.config import ConfigError, TrainingConfig, batch_gpu_candidates, validate
 from training.dataset import ImageFolderDataset
 from training.loss import Phase
@@ -295,11 +296,6 @@ def invoke_train(outdir: Path, data: Path, *args: str) -> str:
     result = CliRunner().invoke(train.main, argv)
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def final_state(outdir: Path) -> dict:
-    [run_dir] = [p for p in outdir.iterdir() if p.is_dir()]
-    return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
 
 
 @pytest.mark.slow

@@ -15,7 +15,16 @@ import psutil
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT, group_is_gone, quick_start_options, script_env, tiny, tiny_stylegan2
+from helpers import (
+    ROOT,
+    assert_identical,
+    final_state,
+    group_is_gone,
+    quick_start_options,
+    script_env,
+    tiny,
+    tiny_stylegan2,
+)
 
 import train
 from training import checkpoint, preemption
@@ -60,22 +69,6 @@ def finish(proc: subprocess.Popen, timeout_sec: float = 300) -> tuple[int, str]:
         proc.kill()
         raise
     return proc.returncode, rest
-
-
-def final_state(outdir: Path) -> dict:
-    [run_dir] = [p for p in outdir.iterdir() if p.is_dir()]
-    return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
-
-
-def assert_identical(a: dict, b: dict) -> None:
-    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
-    for net in ("G", "D", "G_ema"):
-        for name in a[net]:
-            assert torch.equal(a[net][name], b[net][name]), f"{net}.{name} differs"
-    for opt in ("G_opt", "D_opt"):
-        for index, slot in a[opt]["state"].items():
-            for key, value in slot.items():
-                assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[opt]["state"][index][key])), (opt, key)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT, TINY, run_dirs, run_script, script_env
+from helpers import ROOT, TINY, assert_states_close, run_dirs, run_script, script_env
 
 import gen_images
 import train
@@ -25,14 +25,6 @@ from training import checkpoint, config, plots
 
 def load_final_state(run_dir: Path) -> dict:
     return checkpoint.load_state(checkpoint.list_states(str(run_dir))[-1])
-
-
-def assert_states_close(a: dict, b: dict, atol: float, rtol: float = 0.0) -> None:
-    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
-    for net in ["G", "D", "G_ema"]:
-        assert a[net].keys() == b[net].keys()
-        for name in a[net]:
-            torch.testing.assert_close(a[net][name], b[net][name], atol=atol, rtol=rtol, msg=f"{net}.{name}")
 
 
 @pytest.mark.slow

@@ -29,7 +29,19 @@ class _Job:
 
 
 class RankTimeout(RuntimeError):
-    """A collective waited longer than the timeout: some rank stopped answering (the message names it)."""
+    """A collective waited longer than the timeout, or lost its connection to a rank whose process ended: some rank
+    stopped answering (the message names it)."""
+
+
+# How the backends word a connection to a rank whose process or machine has gone (gloo's "Connection reset by peer",
+# "Connection closed by peer", "Broken pipe"; NCCL's "remote process exited"), in lower case.
+_LOST_CONNECTION = (
+    "connection reset",
+    "connection closed",
+    "broken pipe",
+    "connection refused",
+    "remote process exited",
+)
 
 
 def init(backend: str | None = None, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -> None:
@@ -96,33 +108,51 @@ def stalled_ranks(wait_sec: float = 3.0) -> list[int]:
 
 @contextlib.contextmanager
 def naming_stalled_ranks(what: str) -> Iterator[None]:
-    """Around code that runs collectives (the training loop): a collective that timed out becomes a RankTimeout
-    naming the ranks that stopped answering. A no-op with one process."""
+    """Around code that runs collectives (the training loop): a collective that timed out, or lost its connection
+    to a rank that ended (killed, or its machine lost), becomes a RankTimeout naming the ranks that stopped
+    answering. A no-op with one process."""
     if not is_distributed():
         yield
         return
     start = time.monotonic()
     try:
         yield
-    except RuntimeError as error:  # Gloo's and NCCL's timeouts (DistBackendError) are RuntimeErrors.
+    except RuntimeError as error:  # Gloo's and NCCL's errors (DistBackendError, DistNetworkError) are RuntimeErrors.
         text = str(error).lower()
-        if isinstance(error, RankTimeout) or ("timed out" not in text and "timeout" not in text):
+        if isinstance(error, RankTimeout):
             raise
-        raise RankTimeout(describe_timeout(what, min(time.monotonic() - start, _Job.timeout_sec))) from error
+        if "timed out" in text or "timeout" in text:
+            raise RankTimeout(describe_timeout(what, min(time.monotonic() - start, _Job.timeout_sec))) from error
+        if any(words in text for words in _LOST_CONNECTION):
+            raise RankTimeout(describe_lost_connection(what)) from error
+        raise
 
 
 def describe_timeout(what: str, waited_sec: float) -> str:
     """The sentence for a collective that gave up: who stopped answering, and what to do."""
-    try:
-        who = " and ".join(f"rank {r}" for r in stalled_ranks())
-    except Exception:  # noqa: BLE001 - no answer from the store: its host, rank 0, is the likely one.
-        who = "another rank (likely rank 0, whose rendezvous store did not answer)"
     return (
-        f"rank {get_rank()} waited {waited_sec:.0f} s {what}: "
-        f"{who or 'another rank'} stopped answering (hung, stopped or dead; see its log). The run's newest "
-        f"training state is intact: continue with --resume=<run dir> once every machine is healthy. "
-        f"--timeout-min sets how long ranks wait for each other."
+        f"rank {get_rank()} waited {waited_sec:.0f} s {what}: {_who_stopped()} stopped answering (hung, stopped or "
+        f"dead; see its log). {_WHAT_NOW} --timeout-min sets how long ranks wait for each other."
     )
+
+
+def describe_lost_connection(what: str) -> str:
+    """The sentence for a collective whose connection to another rank broke: who it was, and what to do."""
+    return (
+        f"rank {get_rank()} lost its connection to {_who_stopped()} while waiting {what}: that process ended or its "
+        f"machine went down (see its log). {_WHAT_NOW}"
+    )
+
+
+_WHAT_NOW = "The run's newest training state is intact: continue with --resume=<run dir> once every machine is healthy."
+
+
+def _who_stopped() -> str:
+    """The ranks that stopped answering, as words ("rank 1", "rank 1 and rank 3")."""
+    try:
+        return " and ".join(f"rank {r}" for r in stalled_ranks()) or "another rank"
+    except Exception:  # noqa: BLE001 - no answer from the store: its host, rank 0, is the likely one.
+        return "another rank (likely rank 0, whose rendezvous store did not answer)"
 
 
 def shutdown() -> None:
