@@ -3,8 +3,8 @@ gradients.
 
 Needs the reference trainers unpacked by ../shared/peer/prepare.sh (default folder `.peer` of the checkout);
 without them it says so and exits 0. The published code runs in its own processes (its `training` package
-would shadow ours); files pass between the two sides in a temporary folder. Everything runs on the CPU in
-float32, where the published custom ops use their reference paths too.
+would shadow ours); files pass between the two sides in a temporary folder. Everything runs on the CPU, in
+float32 except in 3., where the published custom ops use their reference paths too.
 
 1. Loading: the published code builds each network (StyleGAN2 G and D, StyleGAN3-T and -R, CREPS) with random
    weights and pickles it in its own format, and renders a fixed batch (constant noise, truncation 0.7) and D's
@@ -13,6 +13,13 @@ float32, where the published custom ops use their reference paths too.
 2. Training step (`--steps`): for StyleGAN2 and CREPS, the published StyleGAN2Loss and ours compute the Gmain,
    Greg, Dmain and Dreg phases on the same weights, reals, latents and noise (torch reseeded identically before
    each phase); we compare every gradient, the path-length mean and the tracked w average.
+3. float16: the published CREPS computes its two final blocks in float16 even on the CPU; ours does with
+   GANFORGE_CPU_FP16=1. On the same weights the images must agree within two float16 steps at the image's
+   largest value (FLOAT16_IMAGE_TOLERANCE), and (with `--steps`) every phase's gradients within float16's own
+   error there (how far our float32 step is from the published float16 one); the command fails otherwise.
+   The images differ at all only because the CPU's float16 matrix product rounds by memory layout: the
+   published block makes its input contiguous, ours keeps the pixel features' channels-last strides (made
+   contiguous, our images are bit-identical to the published ones).
 
     bash ../shared/peer/prepare.sh .peer && python -m benchmarks.published_parity
 """
@@ -79,8 +86,9 @@ PEER_RENDER = textwrap.dedent(
     G, D = data['G_ema'], data['D']
     z = torch.from_numpy(np.random.RandomState(1).randn(4, G.z_dim)).float()
     c = torch.zeros([4, G.c_dim])
+    force_fp32 = sys.argv[3:] != ['float16']  # float16: CREPS's final blocks as it runs them on the CPU.
     with torch.no_grad():
-        img = G(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=True)
+        img = G(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=force_fp32)
         logits = D(img, c, force_fp32=True)
     np.savez(sys.argv[2], img=img.numpy(), logits=logits.numpy())
     """
@@ -95,8 +103,9 @@ def run_peer(repo: Path, script: str, *args: str) -> None:
         raise RuntimeError(f"the published code failed in {repo}:\n{result.stderr[-3000:]}")
 
 
-def render_ours(pkl: str) -> tuple[np.ndarray, np.ndarray]:
-    """Our loader and networks on the same batch as PEER_RENDER."""
+def render_ours(pkl: str, force_fp32: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Our loader and networks on the same batch as PEER_RENDER (G's float16 blocks off unless `force_fp32` is
+    False and GANFORGE_CPU_FP16=1)."""
     from training import checkpoint
 
     snapshot = checkpoint.load_snapshot(pkl)
@@ -104,7 +113,7 @@ def render_ours(pkl: str) -> tuple[np.ndarray, np.ndarray]:
     z = torch.from_numpy(np.random.RandomState(1).randn(4, G.z_dim)).float()
     c = torch.zeros([4, G.c_dim])
     with torch.no_grad():
-        img = G(z, c, truncation_psi=0.7, noise_mode="const", force_fp32=True)
+        img = G(z, c, truncation_psi=0.7, noise_mode="const", force_fp32=force_fp32)
         logits = D(img, c, force_fp32=True)
     return img.numpy(), logits.numpy()
 
@@ -152,6 +161,25 @@ def compare_loading(peer: Path, work: Path) -> list[tuple[str, float, float, flo
     return rows
 
 
+# The stated tolerance of the float16 images: two float16 steps at the image's largest value (a step there is
+# 2^-11 to 2^-10 of it); each side's own float16 rounding moves the image by several times that.
+FLOAT16_IMAGE_TOLERANCE = 2 * 2.0**-10
+
+
+def compare_creps_float16(peer: Path, work: Path) -> tuple[float, float, float]:
+    """CREPS's final blocks in float16, the published network as it runs on the CPU and ours with
+    GANFORGE_CPU_FP16=1: (image scale, max |ours - published|, max |ours in float16 - ours in float32|)."""
+    from benchmarks.published_step_parity import cpu_float16
+
+    pkl = work / "creps.pkl"  # Written by compare_loading.
+    run_peer(peer / "creps", PEER_RENDER, str(pkl), str(work / "creps-float16.npz"), "float16")
+    ref = np.load(work / "creps-float16.npz")["img"]
+    with cpu_float16():
+        img, _ = render_ours(str(pkl), force_fp32=False)
+    img32, _ = render_ours(str(pkl))
+    return float(np.abs(ref).max()), float(np.abs(img - ref).max()), float(np.abs(img - img32).max())
+
+
 @click.command()
 @click.option(
     "--peer",
@@ -173,10 +201,21 @@ def main(peer: str, steps: bool) -> None:
         click.echo(f"{'network':<32}{'|image|max':>12}{'image diff':>14}{'D diff':>12}")
         for name, scale, img_diff, d_diff in compare_loading(peer_dir, Path(work)):
             click.echo(f"{name:<32}{scale:>12.4f}{img_diff:>14.3g}{d_diff:>12.3g}")
+        scale, diff, rounding = compare_creps_float16(peer_dir, Path(work))
+        click.echo()
+        click.echo("CREPS, final blocks in float16 (published: always, also on the CPU; ours: GANFORGE_CPU_FP16=1)")
+        click.echo(
+            f"  image: max |ours - published| = {diff / scale:.1e} of |image|max {scale:.4f} "
+            f"(tolerance {FLOAT16_IMAGE_TOLERANCE:.1e}); float16 itself moves it {rounding / scale:.1e}"
+        )
+        ok = diff <= FLOAT16_IMAGE_TOLERANCE * scale
         if steps:
             from benchmarks import published_step_parity
 
             published_step_parity.report(peer_dir, Path(work))
+            ok &= published_step_parity.report_float16(peer_dir, Path(work))
+    if not ok:
+        raise click.ClickException("ours and the published CREPS differ beyond float16 precision (see above)")
 
 
 if __name__ == "__main__":

@@ -5,19 +5,21 @@ published code, both sides run five training steps of the lazy-regularization sc
 steps, Dmain, Dreg every 16: steps 0-4 include Greg twice and Dreg once) with Adam set up as in the published
 loop, one process, one accumulation round, style mixing and augmentation off (their random draws are made
 differently), and torch reseeded identically before every phase, so the synthesis noise and the path-length
-noise are the same (the published CREPS runs its two final blocks in float16 even on the CPU; here they run in
-float32 on both sides). Each of our phases starts from the published side's networks, Adam states and
-path-length mean just before that phase, so float rounding cannot compound from step to step. After every phase
-we compare the gradients, which parameters got none, the weights after the optimizer step, the tracked w
-average, the path-length mean and the losses logged in that phase.
+noise are the same (the published CREPS runs its two final blocks in float16 even on the CPU; `report` runs
+them in float32 on both sides, `report_float16` in float16 on both). Each of our phases starts from the
+published side's networks, Adam states and path-length mean just before that phase, so float rounding cannot
+compound from step to step. After every phase we compare the gradients, which parameters got none, the weights
+after the optimizer step, the tracked w average, the path-length mean and the losses logged in that phase.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +52,8 @@ PEER_STEPS = textwrap.dedent(
     with open(sys.argv[1], 'rb') as f:
         data = legacy.load_network_pkl(f)
     G, D = data['G'].train().requires_grad_(False), data['D'].train().requires_grad_(False)
-    for name in ('block0', 'block1'):  # CREPS runs these in float16 even on the CPU; compare in float32.
-        if hasattr(G.synthesis, name):
+    for name in ('block0', 'block1'):  # CREPS runs these in float16 even on the CPU; float32 unless asked.
+        if hasattr(G.synthesis, name) and sys.argv[4] != 'float16':
             getattr(G.synthesis, name).use_fp16 = False
     loss = StyleGAN2Loss(torch.device('cpu'), G, D, r1_gamma=R1_GAMMA, pl_weight=2, style_mixing_prob=0)
     opts = {}
@@ -117,17 +119,65 @@ def load_published_state(theirs: dict, key: str, modules: dict, opts: dict, loss
     loss.pl_mean.copy_(torch.from_numpy(theirs[f"{key}/pre/pl_mean"]))
 
 
-def our_steps(pkl: str, cfg: str, theirs: dict) -> dict[str, np.ndarray]:
+@contextlib.contextmanager
+def cpu_float16() -> Iterator[None]:
+    """Our float16 blocks in real float16 on the CPU while inside (training.layers reads the variable per call)."""
+    from training.layers import CPU_FP16_ENV
+
+    before = os.environ.get(CPU_FP16_ENV)
+    os.environ[CPU_FP16_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CPU_FP16_ENV]
+        else:
+            os.environ[CPU_FP16_ENV] = before
+
+
+def published_steps(peer: Path, repo: str, pkl: Path, dest: Path, precision: str = "float32") -> dict:
+    """Run PEER_STEPS in the published repository `repo` on `pkl`; its results. precision 'float16' leaves the
+    published CREPS's final blocks in float16 (as it runs them on the CPU), 'float32' turns them off."""
+    # One thread on both sides, so both reduce in the same order.
+    env = dict(os.environ, PYTHONPATH=str(peer / repo), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", PEER_STEPS, str(pkl), str(dest), str(Path(__file__).parent), precision],
+        cwd=peer / repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the published step failed:\n{result.stderr[-3000:]}")
+    return dict(np.load(dest))
+
+
+def our_steps(pkl: str, cfg: str, theirs: dict, float16: bool = False) -> dict[str, np.ndarray]:
     """Our loss, gradient reduction and optimizer steps on the same schedule and inputs as PEER_STEPS, each phase
-    starting from the published side's state before it (so rounding differences do not compound over steps)."""
-    from torch_utils import training_stats
+    starting from the published side's state before it (so rounding differences do not compound over steps).
+
+    With `float16`, G's float16 blocks (CREPS: the two final ones) run in float16 on the CPU, as the published
+    CREPS runs them; D stays in float32 as the published D does on the CPU (it forces float32 off CUDA)."""
     from training import checkpoint
+
+    snapshot = checkpoint.load_snapshot(pkl)
+    G, D = snapshot["G"].train().requires_grad_(False), snapshot["D"].train().requires_grad_(False)
+    if not float16:
+        return _our_steps(G, D, cfg, theirs)
+    for module in D.modules():
+        if hasattr(module, "use_fp16"):
+            module.use_fp16 = False
+    with cpu_float16():
+        return _our_steps(G, D, cfg, theirs)
+
+
+def _our_steps(G: torch.nn.Module, D: torch.nn.Module, cfg: str, theirs: dict) -> dict[str, np.ndarray]:
+    """our_steps on networks already loaded."""
+    from torch_utils import training_stats
     from training.config import PRESETS
     from training.loss import Chunk, Phase, StyleGAN2Loss
     from training.training_loop import reduce_gradients
 
-    snapshot = checkpoint.load_snapshot(pkl)
-    G, D = snapshot["G"].train().requires_grad_(False), snapshot["D"].train().requires_grad_(False)
     loss = StyleGAN2Loss(
         G, D, r1_gamma=R1_GAMMA, pl_weight=2, style_mixing_prob=0, G_stats_network=PRESETS[cfg].G_stats_network
     )
@@ -188,8 +238,6 @@ def relative_difference(ours: dict, theirs: dict, prefix: str, kind: str) -> tup
 
 def report(peer: Path, work: Path) -> None:
     """Print, per network and phase, how far our step is from the published one."""
-    # One thread on both sides, so both reduce in the same order.
-    env = dict(os.environ, PYTHONPATH=str(peer / "stylegan3"), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     print()
     print(f"Training step: {STEPS} steps of Gmain/Greg/Dmain/Dreg, one process, same inputs and noise, float32 CPU")
@@ -199,17 +247,7 @@ def report(peer: Path, work: Path) -> None:
     )
     for cfg, repo in [("stylegan2", "stylegan3"), ("creps", "creps")]:
         pkl = work / f"{cfg}.pkl"  # Written by published_parity.compare_loading.
-        env["PYTHONPATH"] = str(peer / repo)
-        result = subprocess.run(
-            [sys.executable, "-c", PEER_STEPS, str(pkl), str(work / f"{cfg}-steps.npz"), str(Path(__file__).parent)],
-            cwd=peer / repo,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"the published step failed:\n{result.stderr[-3000:]}")
-        theirs = dict(np.load(work / f"{cfg}-steps.npz"))
+        theirs = published_steps(peer, repo, pkl, work / f"{cfg}-steps.npz")
         ours = our_steps(str(pkl), cfg, theirs)
         for step in range(STEPS):
             for phase, _, interval in SCHEDULE:
@@ -229,3 +267,54 @@ def report(peer: Path, work: Path) -> None:
                     f"{cfg:<10}{key:<10}{grad:>10.1e}{no_grad:>9d}{weights:>13.1e}{w_avg:>10.1e}{pl_mean:>10.1e}  "
                     f"{', '.join(stats)}"
                 )
+
+
+def gradient_agreement(ours: dict, theirs: dict, key: str) -> tuple[dict[str, float], float]:
+    """Per parameter tensor of phase `key`, max |ours - theirs| / max |theirs|; and over all of them together,
+    |ours - theirs| / |theirs| (L2 norms). Tensors without a gradient on either side are left out."""
+    per_tensor, diff_sq, norm_sq = {}, 0.0, 0.0
+    prefix = f"{key}/grad/"
+    for name, value in theirs.items():
+        if not name.startswith(prefix) or np.isnan(value).all() or np.isnan(ours[name]).all():
+            continue
+        diff = ours[name].astype(np.float64) - value
+        per_tensor[name[len(prefix) :]] = float(np.abs(diff).max() / max(np.abs(value).max(), 1e-30))
+        diff_sq += float(np.square(diff).sum())
+        norm_sq += float(np.square(value.astype(np.float64)).sum())
+    return per_tensor, (diff_sq / max(norm_sq, 1e-60)) ** 0.5
+
+
+def report_float16(peer: Path, work: Path) -> bool:
+    """CREPS with its final blocks in float16 on both sides: print, per phase, how far our gradients are from the
+    published ones, next to how far float16 itself moves them (our float32 step from the same state). True when
+    ours is within float16's own error in every phase, overall and in the worst tensor."""
+    torch.set_num_threads(1)
+    pkl = work / "creps.pkl"  # Written by published_parity.compare_loading.
+    theirs = published_steps(peer, "creps", pkl, work / "creps-float16-steps.npz", precision="float16")
+    ours = our_steps(str(pkl), "creps", theirs, float16=True)
+    ours32 = our_steps(str(pkl), "creps", theirs)  # The same states and inputs, in float32: float16's own error.
+    print()
+    print(f"CREPS training step, final blocks in float16 (ours: GANFORGE_CPU_FP16=1), {STEPS} steps as above")
+    print("  G and D gradients, ours - published, relative to |published| (norm: all tensors together; worst:")
+    print("  the largest max|diff| / max|tensor| of one tensor); float16 error: our float32 gradients - published")
+    print(f"  {'phase':<10}{'norm':>10}{'worst':>10}  {'(tensor)':<38}{'f16 norm':>10}{'f16 worst':>11}")
+    ok = True
+    for step in range(STEPS):
+        for phase, _, interval in SCHEDULE:
+            if step % interval:
+                continue
+            key = f"{step}/{phase}"
+            per_tensor, norm = gradient_agreement(ours, theirs, key)
+            f16_per_tensor, f16_norm = gradient_agreement(ours32, theirs, key)
+            worst = max(per_tensor, key=per_tensor.get)
+            f16_worst = max(f16_per_tensor.values())
+            ok &= norm <= f16_norm and per_tensor[worst] <= f16_worst
+            print(f"  {key:<10}{norm:>10.1e}{per_tensor[worst]:>10.1e}  {worst:<38}{f16_norm:>10.1e}{f16_worst:>11.1e}")
+    per_tensor, _ = gradient_agreement(ours, theirs, "0/Gmain")
+    f16_per_tensor, _ = gradient_agreement(ours32, theirs, "0/Gmain")
+    print("  0/Gmain, the 8 tensors furthest from the published ones:")
+    for name in sorted(per_tensor, key=per_tensor.get, reverse=True)[:8]:
+        print(f"    {name:<44}{per_tensor[name]:>10.1e}  (float16 error {f16_per_tensor[name]:.1e})")
+    verdict = "within" if ok else "BEYOND"
+    print(f"  Every phase: ours {verdict} float16's own error (norm and worst tensor).")
+    return ok
