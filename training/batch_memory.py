@@ -10,8 +10,10 @@ phase with smaller rounds. Only the accumulation is guarded: it holds the activa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -208,27 +210,36 @@ def probe_batch_gpu(
     available = gauge.available_bytes()
     optimizer_bytes = unallocated_optimizer_bytes(t.phases)
     undo = PhaseUndo(t.loss)
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if labels.device.type == "cuda" else None
     tried = []
+    with random_state_kept(labels.device):
+        try:
+            for batch_gpu in batch_gpu_candidates(c.batch_size // c.gpus, c.mbstd_group):
+                gauge.reset()
+                ran = _probe_step(t, c, labels, image_shape, batch_gpu)
+                share = (gauge.peak_bytes() + optimizer_bytes) / available if ran else None
+                fits = ran and share <= PROBE_MEMORY_FRACTION
+                (too_big,) = distributed.agree([not fits])  # The same choice on every rank.
+                note = f"{batch_gpu} needs {share:.0%}" if ran else f"{batch_gpu} out of memory"
+                tried.append(note + (" (too much on another rank)" if fits and too_big else ""))
+                if not too_big:
+                    return ProbeResult(batch_gpu, tried, available)
+            return ProbeResult(None, tried, available)
+        finally:
+            undo.restore()
+            gauge.reset()  # Tick 0's peak memory is the training's own.
+
+
+@contextlib.contextmanager
+def random_state_kept(device: torch.device) -> Iterator[None]:
+    """Put torch's CPU random generator back as it was after the block, and on a CUDA `device` every GPU's too."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
     try:
-        for batch_gpu in batch_gpu_candidates(c.batch_size // c.gpus, c.mbstd_group):
-            gauge.reset()
-            ran = _probe_step(t, c, labels, image_shape, batch_gpu)
-            share = (gauge.peak_bytes() + optimizer_bytes) / available if ran else None
-            fits = ran and share <= PROBE_MEMORY_FRACTION
-            (too_big,) = distributed.agree([not fits])  # The same choice on every rank.
-            note = f"{batch_gpu} needs {share:.0%}" if ran else f"{batch_gpu} out of memory"
-            tried.append(note + (" (too much on another rank)" if fits and too_big else ""))
-            if not too_big:
-                return ProbeResult(batch_gpu, tried, available)
-        return ProbeResult(None, tried, available)
+        yield
     finally:
-        undo.restore()
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-        gauge.reset()  # Tick 0's peak memory is the training's own.
 
 
 def _probe_step(

@@ -856,7 +856,12 @@ def print_summaries(
 
 
 def settle_batch_gpu(
-    c: TrainingConfig, t: Trainer, continuing: bool, labels: torch.Tensor, image_shape: tuple[int, int, int]
+    c: TrainingConfig,
+    t: Trainer,
+    continuing: bool,
+    labels: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    gauge: batch_memory.MemoryGauge | None = None,
 ) -> TrainingConfig:
     """--batch-gpu=auto: set `t.batch_gpu` and return the config with it, printed and written to training_options.json.
 
@@ -867,17 +872,21 @@ def settle_batch_gpu(
     Args:
         labels:      Every label of the dataset [num_images, c_dim].
         image_shape: [C, H, W] of the training images.
+        gauge:       What the probe measures memory with; None: CudaMemory on a GPU, no probe on the CPU. (Tests
+                     give a stand-in, to run the GPU's branch on the CPU.)
 
     Raises:
         TrainingStopped: Not even the smallest candidate fits.
     """
+    if gauge is None and labels.device.type == "cuda":
+        gauge = batch_memory.CudaMemory(labels.device)
     if continuing:
         how = "kept from the training state"
-    elif labels.device.type != "cuda":
+    elif gauge is None:
         t.batch_gpu = c.batch_size // c.gpus
         how = "batch/gpus: on the CPU there is no out-of-memory signal to probe with"
     else:
-        probe = batch_memory.probe_batch_gpu(t, c, labels, image_shape, batch_memory.CudaMemory(labels.device))
+        probe = batch_memory.probe_batch_gpu(t, c, labels, image_shape, gauge)
         memory = (
             f"{', '.join(probe.tried)} of {probe.available_bytes / 2**30:.1f} GiB available with Adam's state; at most "
             f"{batch_memory.PROBE_MEMORY_FRACTION:.0%}"
