@@ -6,7 +6,6 @@ import os
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 
 import dnnlib
@@ -22,9 +21,8 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 def save_png(array: np.ndarray, path: str) -> None:
     """Write a uint8 [H, W, C] array as a grayscale or RGB PNG, atomically; a failed write is a ClickException."""
-    image = PIL.Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
     try:
-        dnnlib.util.atomic_write(path, lambda f: image.save(f, format="PNG"))
+        images.write_png(array, path)
     except dnnlib.util.WriteError as error:
         raise click.ClickException(str(error)) from None
 

@@ -134,11 +134,12 @@ def test_a_regular_install_has_the_commands_and_the_kernel_sources(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"train.py", "gen_images.py", "gen_video.py", "calc_metrics.py", "dataset_tool.py"} <= names
+    assert {"train.py", "gen_images.py", "gen_video.py", "calc_metrics.py", "dataset_tool.py", "visualizer.py"} <= names
     assert {
         f"torch_utils/ops/cuda/{n}" for n in ("filtered_lrelu.cu", "common.h", "device.cuh", "bias_act.cpp")
     } <= names
-    assert "ganforge-train = train:main" in entry_points
+    assert {f"viewer/static/{n}" for n in ("index.html", "app.js", "app.css")} <= names  # The page, offline.
+    assert "ganforge-train = train:main" in entry_points and "ganforge-visualizer = visualizer:cli" in entry_points
 
     target = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from helpers import ROOT, TINY, assert_identical, assert_states_close, final_state, run_dirs, run_script, script_env
 
-from torch_utils import distributed, torchrun
+from torch_utils import distributed
 
 COMMON = [*TINY, "--gpus=2", "--batch=8", "--batch-gpu=4", "--tick=0.04", "--workers=0"]
 
@@ -100,9 +100,9 @@ def test_two_agents_train_as_one_process_and_a_sigterm_to_both_resumes_bit_ident
     split = [f"--outdir={outdirs['split']}", f"--data={data}", *COMMON, "--kimg=0.16"]
     agents = Agents(tmp_path / "first", *split)
     agents.wait_for("tick 1 ")
-    # torchrun waits longer than its default 30 s for the training processes to save (torch_utils/torchrun.py).
+    # torchrun waits longer than its default 30 s for the training processes to save (distributed.run_torchrun).
     environ = agents.processes(0)[-1].environ()
-    assert environ[torchrun.SHUTDOWN_TIMEOUT_ENV] == str(torchrun.SHUTDOWN_TIMEOUT_SEC)
+    assert environ[distributed.TORCHRUN_SHUTDOWN_TIMEOUT_ENV] == str(distributed.TORCHRUN_SHUTDOWN_TIMEOUT_SEC)
     for node in (0, 1):  # SLURM signals every process of the job: the agents and their training processes.
         for process in agents.processes(node):
             process.send_signal(signal.SIGTERM)

@@ -8,6 +8,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,8 @@ import torch
 from torch_utils import stop_signals
 
 DEFAULT_TIMEOUT_SEC = 600.0  # How long a collective waits for a rank that stopped answering.
+TORCHRUN_SHUTDOWN_TIMEOUT_SEC = 120  # run_torchrun: within the 180 s of warning docs/training.md's SLURM script asks.
+TORCHRUN_SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torchrun's own default for --shutdown-timeout.
 _TIMED_OUT_KEY = "ganforge/timed-out/"  # + rank: set in the rendezvous store by a rank whose collective timed out.
 
 
@@ -339,6 +342,27 @@ def launch(fn: Callable[..., Any], args: tuple, num_processes: int, timeout_sec:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_torchrun(argv: list[str]) -> None:
+    """torchrun (`torch.distributed.run`) with the command-line arguments `argv`, for torch_utils/torchrun.py: a stop
+    signal ends it with one line and 128 + the signal's number instead of a traceback and status 1, and it waits up
+    to TORCHRUN_SHUTDOWN_TIMEOUT_SEC (not 30 s) for its training processes to save, unless told otherwise."""
+    from torch.distributed import run  # Only this command needs torchrun's modules.
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    os.environ.setdefault(TORCHRUN_SHUTDOWN_TIMEOUT_ENV, str(TORCHRUN_SHUTDOWN_TIMEOUT_SEC))  # --shutdown-timeout wins.
+    try:
+        run.main(argv)
+    except SignalException as stop:
+        signum = int(stop.sigval)
+        print(
+            f"torchrun: stopped by {signal.Signals(signum).name}; its training processes have ended (their output "
+            f"above says whether a training state was saved).",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(128 + signum)
 
 
 def _join(context: Any) -> None:

@@ -4,10 +4,10 @@ When SLURM (or anyone) sends SIGTERM or SIGINT to a job, torchrun passes the sig
 waits for them, so train.py saves its training state and exits 143 / 130. torchrun itself then raises the signal as
 an exception: every agent ends with a traceback and exit status 1, so the job's log has one traceback per machine for
 an ordinary preemption, and its status cannot tell a stop from a failure. This runs torchrun in this process with
-the same options and changes two things only:
+the same options (torch_utils.distributed.run_torchrun) and changes two things only:
 
 - a stop signal ends it with one line and the status 128 + the signal's number (143 for SIGTERM, 130 for SIGINT);
-- torchrun waits up to SHUTDOWN_TIMEOUT_SEC (not 30 s) for the training processes to finish the step in progress
+- torchrun waits up to 120 s (not 30 s) for the training processes to finish the step in progress
   and write their state before it kills them, unless `--shutdown-timeout` or TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
   otherwise.
 
@@ -17,31 +17,14 @@ the same options and changes two things only:
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
-from torch.distributed import run
-from torch.distributed.elastic.multiprocessing.api import SignalException
-
-SHUTDOWN_TIMEOUT_SEC = 120  # Within the 180 s of warning that docs/training.md's SLURM script asks for.
-SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torchrun's own default for --shutdown-timeout.
+from torch_utils.distributed import run_torchrun
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run torchrun with `argv` (default: this command's arguments); exit as described in the module docstring."""
-    os.environ.setdefault(SHUTDOWN_TIMEOUT_ENV, str(SHUTDOWN_TIMEOUT_SEC))  # An explicit --shutdown-timeout wins.
-    try:
-        run.main(sys.argv[1:] if argv is None else argv)
-    except SignalException as stop:
-        signum = int(stop.sigval)
-        print(
-            f"torchrun: stopped by {signal.Signals(signum).name}; its training processes have ended (their output "
-            f"above says whether a training state was saved).",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.exit(128 + signum)
+    """Run torchrun with `argv` (default: this command's arguments); exit as described above."""
+    run_torchrun(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
