@@ -202,3 +202,29 @@ def test_a_full_view_reads_back():
         (0.5, 0.0),
         2.0,
     )
+
+
+def test_a_failing_render_is_a_message_and_the_tab_goes_on(tmp_path, browse_dir, monkeypatch):
+    from viewer.render import Renderer
+
+    real_render = Renderer.render
+
+    def render(self, view):
+        if view.x == 13:
+            raise RuntimeError("out of memory (pretend)")
+        return real_render(self, view)
+
+    monkeypatch.setattr(Renderer, "render", render)
+
+    async def test(client):
+        path = (await (await client.post("/api/open", json={"network": str(browse_dir / "sg3.pkl")})).json())["path"]
+        async with client.ws_connect("/api/render") as socket:
+            await socket.send_str("[1, 2]")
+            assert "expected a JSON object" in (await socket.receive_json(timeout=60))["error"]
+            await socket.send_json({"id": 1, "network": path, "view": {"x": 13}})
+            answer = await socket.receive_json(timeout=60)
+            assert answer == {"id": 1, "error": "rendering failed: RuntimeError: out of memory (pretend)"}
+            await socket.send_json({"id": 2, "network": path, "view": {"x": 12}})
+            assert decode_png((await socket.receive_json(timeout=60))["image"]).shape == (16, 16, 3)
+
+    run(test, browse_dir, tmp_path)

@@ -21,6 +21,7 @@ import dataclasses
 import hmac
 import itertools
 import json
+import logging
 import os
 import secrets
 from concurrent.futures import CancelledError
@@ -261,6 +262,8 @@ async def _answer(socket: web.WebSocketResponse, queue: RenderQueue, client: obj
     request_id = None
     try:
         message = json.loads(text)
+        if not isinstance(message, dict):
+            raise ViewError("expected a JSON object with id, network and view")
         request_id = message.get("id")
         view = view_from_json(message.get("view", {}))
         network = message.get("network")
@@ -269,8 +272,11 @@ async def _answer(socket: web.WebSocketResponse, queue: RenderQueue, client: obj
         result = await asyncio.wrap_future(queue.submit(client, (network, view)))
     except (CancelledError, asyncio.CancelledError):
         return  # Replaced by a newer view of this tab, or the tab closed.
-    except (ValueError, AttributeError) as error:  # ViewError, NetworkError, bad JSON.
+    except ValueError as error:  # ViewError, NetworkError, text that is no JSON: a sentence for the page.
         result = {"error": str(error)}
+    except Exception as error:  # noqa: BLE001 - the page shows it, and the server goes on with the next view.
+        logging.getLogger(__name__).exception("rendering failed")
+        result = {"error": f"rendering failed: {type(error).__name__}: {error}"}
     if not socket.closed:
         await socket.send_json({"id": request_id, **result})
 
