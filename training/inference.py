@@ -4,6 +4,7 @@ error that names the option."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import click
@@ -78,9 +79,25 @@ def parse_grid(value: str | tuple[int, int]) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def can_transform(G: torch.nn.Module) -> bool:
+    """Whether G renders translated and rotated images (StyleGAN3's input transform)."""
+    return hasattr(G.synthesis, "set_input_transform")
+
+
+def can_scale(G: torch.nn.Module) -> bool:
+    """Whether G renders at any output size (its synthesis network declares `supports_any_scale`: CREPS)."""
+    return bool(getattr(G.synthesis, "supports_any_scale", False))
+
+
+def gives_whole_pixels(G: torch.nn.Module, scale: float) -> bool:
+    """Whether `scale` times the training resolution is a whole number of pixels, at least one."""
+    size = scale * G.img_resolution
+    return math.isfinite(size) and abs(size - round(size)) <= 1e-6 and round(size) >= 1
+
+
 def set_input_transform(G: torch.nn.Module, translate: tuple[float, float], rotate_deg: float) -> None:
     """Translate (in image widths) and rotate (degrees) a StyleGAN3 image through its input transform."""
-    if not hasattr(G.synthesis, "set_input_transform"):
+    if not can_transform(G):
         raise click.ClickException(
             f"--translate and --rotate need a StyleGAN3 network (one with an input transform); this is a "
             f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
@@ -89,16 +106,14 @@ def set_input_transform(G: torch.nn.Module, translate: tuple[float, float], rota
 
 
 def check_scale(G: torch.nn.Module, scale: float) -> None:
-    """Refuse --scale for networks with a fixed output size (whose synthesis network does not declare
-    `supports_any_scale`), and scales that do not give whole pixels."""
-    if not getattr(G.synthesis, "supports_any_scale", False):
+    """Refuse --scale for networks with a fixed output size, and scales that do not give whole pixels."""
+    if not can_scale(G):
         raise click.ClickException(
             f"--scale needs a network that renders at any resolution (--cfg=creps); this is a "
             f"{type(G.synthesis).__module__}.{type(G.synthesis).__name__}"
         )
-    size = scale * G.img_resolution
-    if abs(size - round(size)) > 1e-6 or round(size) < 1:
+    if not gives_whole_pixels(G, scale):
         raise click.ClickException(
-            f"--scale={scale:g} gives {size:g} pixels at the training resolution {G.img_resolution}; pick a scale "
-            f"that gives whole pixels (a multiple of 1/{G.img_resolution})"
+            f"--scale={scale:g} gives {scale * G.img_resolution:g} pixels at the training resolution "
+            f"{G.img_resolution}; pick a scale that gives whole pixels (a multiple of 1/{G.img_resolution})"
         )

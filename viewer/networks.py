@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from training import checkpoint, legacy
-from viewer.render import SEED_ROW, Renderer, View, can_scale, can_transform
+from training.inference import can_scale, can_transform
+from viewer.render import SEED_ROW, Renderer, View
 
 KEEP_LOADED = 3  # Renderers kept in memory; older networks are loaded again when a tab asks for them.
 KEEP_RECENT = 20  # Networks listed as recently opened.

@@ -19,6 +19,7 @@ import torch
 
 from torch_utils import images
 from torch_utils.alias_free import make_transform
+from training.inference import can_scale, can_transform, gives_whole_pixels
 
 SEED_ROW = 100  # The latent grid: the whole-number point (x, y) is seed x + SEED_ROW * y (the published layout).
 NUM_SEEDS = 2**32  # Seeds are numpy's: 0 .. 2**32 - 1; positions off that range wrap around.
@@ -102,25 +103,14 @@ class View:
             raise ViewError("spectrum: beta must be at least 0 and the range above 0 dB")
 
 
-def can_transform(G: torch.nn.Module) -> bool:
-    """Whether G renders translated and rotated images (StyleGAN3's input transform)."""
-    return hasattr(G.synthesis, "set_input_transform")
-
-
-def can_scale(G: torch.nn.Module) -> bool:
-    """Whether G renders at any output size (CREPS)."""
-    return bool(getattr(G.synthesis, "supports_any_scale", False))
-
-
 def check_scale(G: torch.nn.Module, scale: float) -> None:
     """Raise ViewError unless G renders at any size and `scale` gives whole pixels (as gen_images.py --scale)."""
     if not can_scale(G):
         raise ViewError("scale: needs a network that renders at any resolution (CREPS)")
-    size = scale * G.img_resolution
-    if not math.isfinite(size) or abs(size - round(size)) > 1e-6 or round(size) < 1:
+    if not gives_whole_pixels(G, scale):
         raise ViewError(
-            f"scale: {scale:g} gives {size:g} pixels at the training resolution {G.img_resolution}; pick a multiple "
-            f"of 1/{G.img_resolution}"
+            f"scale: {scale:g} gives {scale * G.img_resolution:g} pixels at the training resolution "
+            f"{G.img_resolution}; pick a multiple of 1/{G.img_resolution}"
         )
 
 
