@@ -55,6 +55,18 @@ class Calls:
         return call
 
 
+def record_pin_memory(monkeypatch) -> list[bool]:
+    """Replace torch's DataLoader by one that notes its `pin_memory` argument, then stops the code under test."""
+    seen: list[bool] = []
+
+    def loader(*args, **kwargs):
+        seen.append(kwargs["pin_memory"])
+        raise Stop
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    return seen
+
+
 @pytest.fixture
 def cuda(monkeypatch) -> Calls:
     """torch.cuda as a machine with two GPUs would show it: is_available, device_count and current_device answer,
@@ -209,13 +221,7 @@ def test_training_on_a_gpu_skips_the_cpu_set_up_and_turns_tf32_off(tmp_path, sha
 def test_the_training_loader_pins_memory_for_a_gpu(tmp_path, shapes8, monkeypatch):
     c = make_config(tmp_path, shapes8, "--batch=16")
     dataset = training_loop.ImageFolderDataset(**training_loop.training_set_kwargs(c))
-    seen = []
-
-    def loader(*args, **kwargs):
-        seen.append(kwargs["pin_memory"])
-        raise Stop
-
-    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    seen = record_pin_memory(monkeypatch)
     for device in (CUDA0, torch.device("cpu")):
         with pytest.raises(Stop):
             next(training_loop.make_data_iterator(c, dataset, 0, device))
@@ -308,13 +314,7 @@ def test_running_out_of_gpu_memory_empties_the_cache_before_smaller_rounds(tmp_p
 
 
 def test_the_metric_loader_pins_memory_for_a_gpu(monkeypatch):
-    seen = []
-
-    def loader(*args, **kwargs):
-        seen.append(kwargs["pin_memory"])
-        raise Stop
-
-    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    seen = record_pin_memory(monkeypatch)
     for device in (CUDA0, torch.device("cpu")):
         ctx = types.SimpleNamespace(device=device, num_workers=0, batch_size=2)
         with pytest.raises(Stop):
