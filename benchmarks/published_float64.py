@@ -38,8 +38,6 @@ and exits 0. About four minutes on the CPU (mostly the float64 path-length penal
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -132,17 +130,17 @@ PEER_EVALUATE = textwrap.dedent(
 
 def published(peer: Path, pkl: Path, dest: Path, threads: int) -> dict[str, np.ndarray]:
     """The published side's float32 evaluation on `threads` threads."""
-    env = dict(os.environ, PYTHONPATH=str(peer / "stylegan3"), OMP_NUM_THREADS=str(threads))
-    script_dir = str(Path(__file__).parent)
-    result = subprocess.run(
-        [sys.executable, "-c", PEER_EVALUATE, str(pkl), str(dest), script_dir, str(threads)],
-        cwd=peer / "stylegan3",
-        env=env,
-        capture_output=True,
-        text=True,
+    from benchmarks.published_parity import run_peer
+
+    run_peer(
+        peer / "stylegan3",
+        PEER_EVALUATE,
+        str(pkl),
+        str(dest),
+        str(Path(__file__).parent),
+        str(threads),
+        threads=threads,
     )
-    if result.returncode != 0:
-        raise RuntimeError(f"the published code failed:\n{result.stderr[-3000:]}")
     return dict(np.load(dest))
 
 

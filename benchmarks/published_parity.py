@@ -95,9 +95,10 @@ PEER_RENDER = textwrap.dedent(
 )
 
 
-def run_peer(repo: Path, script: str, *args: str) -> None:
-    """Run `script` with the published repository first on the path (its own training package)."""
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")  # As ours: the same reduction order.
+def run_peer(repo: Path, script: str, *args: str, threads: int = 1) -> None:
+    """Run `script` with the published repository first on the path (its own training package), on `threads`
+    OpenMP threads (1, as ours: the same reduction order)."""
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS=str(threads))
     result = subprocess.run([sys.executable, "-c", script, *args], cwd=repo, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the published code failed in {repo}:\n{result.stderr[-3000:]}")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,17 +136,9 @@ def cpu_float16() -> Iterator[None]:
 def published_steps(peer: Path, repo: str, pkl: Path, dest: Path, precision: str = "float32") -> dict:
     """Run PEER_STEPS in the published repository `repo` on `pkl`; its results. precision 'float16' leaves the
     published CREPS's final blocks in float16 (as it runs them on the CPU), 'float32' turns them off."""
-    # One thread on both sides, so both reduce in the same order.
-    env = dict(os.environ, PYTHONPATH=str(peer / repo), OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", PEER_STEPS, str(pkl), str(dest), str(Path(__file__).parent), precision],
-        cwd=peer / repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"the published step failed:\n{result.stderr[-3000:]}")
+    from benchmarks.published_parity import run_peer  # One thread, as ours: both reduce in the same order.
+
+    run_peer(peer / repo, PEER_STEPS, str(pkl), str(dest), str(Path(__file__).parent), precision)
     return dict(np.load(dest))
 
 
